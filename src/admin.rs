@@ -1,0 +1,130 @@
+//! The admin server (axum): `/metrics`, `/livez` and `/readyz` on `TCPIE_ADMIN_PORT`.
+//!
+//! It runs on its own listener, never behind the admission path, so probes and scrapes
+//! answer promptly while the TCP port sheds load. Readiness follows queue saturation and
+//! shutdown; liveness fails only for a wedged worker pool, never for saturation alone
+//! (restarting a saturated pod would make an overload worse). Readiness has no hysteresis:
+//! each probe reads the queue as it is, and the kubelet's `failureThreshold` and
+//! `successThreshold` smooth it.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use prometheus::{Encoder, Registry, TextEncoder};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::server::Core;
+
+#[derive(Clone)]
+struct AdminState {
+    core: Arc<Core>,
+    registry: Registry,
+}
+
+/// The body of both probes.
+#[derive(Debug, Serialize)]
+struct ProbeBody {
+    status: &'static str,
+    queue_depth: usize,
+    queue_capacity: usize,
+    workers: usize,
+    workers_busy: usize,
+    tokens_available: f64,
+    shutting_down: bool,
+}
+
+impl ProbeBody {
+    fn new(core: &Core, status: &'static str) -> ProbeBody {
+        ProbeBody {
+            status,
+            queue_depth: core.queue.depth(),
+            queue_capacity: core.queue.queue_size(),
+            workers: core.queue.workers(),
+            workers_busy: core.queue.busy(),
+            tokens_available: core.tokens(Instant::now()),
+            shutting_down: core.shutting_down.load(Ordering::Acquire),
+        }
+    }
+}
+
+/// The routes, for serving and for tests.
+fn router(core: Arc<Core>, registry: Registry) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .with_state(AdminState { core, registry })
+}
+
+/// Serves until `stop` fires.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    core: Arc<Core>,
+    registry: Registry,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(core, registry))
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
+}
+
+async fn metrics(State(state): State<AdminState>) -> Response {
+    let core = &state.core;
+    let m = &core.metrics;
+    m.queue_depth.set(core.queue.depth() as i64);
+    m.workers_busy.set(core.queue.busy() as i64);
+    m.rate_limit_tokens.set(core.tokens(Instant::now()));
+    m.ready.set(i64::from(core.ready()));
+    let mut body = Vec::with_capacity(8 * 1024);
+    let encoder = TextEncoder::new();
+    match encoder.encode(&state.registry.gather(), &mut body) {
+        Ok(()) => (
+            [(header::CONTENT_TYPE, encoder.format_type().to_string())],
+            body,
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding metrics failed: {e}\n"),
+        )
+            .into_response(),
+    }
+}
+
+async fn livez(State(state): State<AdminState>) -> Response {
+    if state.core.live(Instant::now()) {
+        (StatusCode::OK, Json(ProbeBody::new(&state.core, "ok"))).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(ProbeBody::new(&state.core, "stalled")),
+        )
+            .into_response()
+    }
+}
+
+async fn readyz(State(state): State<AdminState>) -> Response {
+    let core = &state.core;
+    if core.ready() {
+        (StatusCode::OK, Json(ProbeBody::new(core, "ready"))).into_response()
+    } else {
+        let status = if core.shutting_down.load(Ordering::Acquire) {
+            "shutting down"
+        } else {
+            "saturated"
+        };
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(ProbeBody::new(core, status)),
+        )
+            .into_response()
+    }
+}

@@ -1,0 +1,157 @@
+//! TCPie: a TCP server that protects itself under load.
+//!
+//! Each connection's HTTP/1.1 request is read under an absolute deadline, then admitted
+//! in two steps: a token bucket ([`ratelimit`], 429 when empty) and a non-blocking submit
+//! to a bounded queue ([`queue`], 503 when full) served by a fixed pool of workers
+//! ([`server`]) that run a [`Handler`] and answer. Metrics and probes are served by a
+//! separate admin server ([`admin`], [`metrics`]); configuration comes from the
+//! environment ([`config`]); [`shutdown`] turns signals into a graceful drain.
+//!
+//! The binary is a thin wrapper: read the [`Config`], set up [`telemetry`], [`bind`] both
+//! listeners and call [`run`]. Tests and embedding applications do the same with listeners
+//! bound to `127.0.0.1:0`, their own registry, handler and shutdown future.
+
+pub mod admin;
+pub mod config;
+pub mod handler;
+pub mod http;
+pub mod metrics;
+pub mod queue;
+pub mod ratelimit;
+pub mod server;
+pub mod shutdown;
+pub mod telemetry;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::time::{sleep, timeout};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::{Config, ConfigError, ConfigErrors, LogFormat};
+pub use handler::{Handler, Hello, Request, Response};
+pub use metrics::{Metrics, Outcome};
+
+/// The listeners `run` serves, bound by the caller.
+pub struct Listeners {
+    /// The admission-controlled TCP port.
+    pub tcp: TcpListener,
+    /// The admin port: metrics and probes.
+    pub admin: TcpListener,
+}
+
+/// Why `run` could not serve.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("registering metrics failed (is the registry shared with another server?): {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// The listen backlog: connections beyond `TCPIE_MAX_CONNECTIONS` wait here.
+const BACKLOG: u32 = 4096;
+
+/// Binds a listener the way TCPie does (address reuse, a deep backlog).
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
+/// Serves until `shutdown` resolves, then drains and returns.
+///
+/// The stop sequence: readiness fails at once; after `TCPIE_SHUTDOWN_DELAY_MS` the
+/// listener closes; every request already accepted is read, processed and answered
+/// within `TCPIE_SHUTDOWN_TIMEOUT_MS`; past it, what is left is answered 503
+/// (`shutting_down`). Then the workers and the admin server stop.
+pub async fn run<H: Handler>(
+    config: Config,
+    listeners: Listeners,
+    registry: prometheus::Registry,
+    handler: H,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    let metrics = Metrics::register(&registry)?;
+    let core = Arc::new(server::Core::new(config, metrics));
+    let handler = Arc::new(handler);
+
+    let workers = TaskTracker::new();
+    for _ in 0..core.config.workers {
+        workers.spawn(server::worker(core.clone(), handler.clone()));
+    }
+    workers.close();
+
+    let admin_stop = CancellationToken::new();
+    let admin = tokio::spawn(admin::serve(
+        listeners.admin,
+        core.clone(),
+        registry,
+        admin_stop.clone(),
+    ));
+
+    let stop_accepting = CancellationToken::new();
+    let connections = TaskTracker::new();
+    let accept = tokio::spawn(server::accept_loop(
+        core.clone(),
+        listeners.tcp,
+        stop_accepting.clone(),
+        connections.clone(),
+    ));
+
+    shutdown.await;
+    core.shutting_down
+        .store(true, std::sync::atomic::Ordering::Release);
+    let delay = core.config.shutdown_delay();
+    tracing::info!(
+        delay_ms = delay.as_millis() as u64,
+        "shutdown: stop signal received, readiness now fails"
+    );
+    if !delay.is_zero() {
+        sleep(delay).await;
+    }
+
+    stop_accepting.cancel();
+    let _ = accept.await;
+    connections.close();
+    let drain = core.config.shutdown_timeout();
+    tracing::info!(
+        open = connections.len(),
+        drain_timeout_ms = drain.as_millis() as u64,
+        "shutdown: listener closed, draining accepted requests"
+    );
+    // Answers still being written after the hard stop get their write deadline, no more.
+    let grace = core.config.write_timeout() + std::time::Duration::from_millis(100);
+    if timeout(drain, connections.wait()).await.is_err() {
+        tracing::warn!(
+            left = connections.len(),
+            "shutdown: drain deadline passed, answering what is left with 503"
+        );
+        core.hard_stop.cancel();
+        if timeout(grace, connections.wait()).await.is_err() {
+            tracing::warn!(
+                left = connections.len(),
+                "shutdown: abandoning unanswered connections"
+            );
+        }
+    }
+    core.queue.close();
+    if timeout(grace, workers.wait()).await.is_err() {
+        tracing::warn!("shutdown: workers did not finish in time");
+    }
+    tracing::info!("shutdown: requests drained, workers stopped");
+    admin_stop.cancel();
+    match admin.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "admin server ended with an error"),
+        Err(e) => tracing::warn!(error = %e, "admin server task failed"),
+    }
+    tracing::info!("shutdown: complete");
+    Ok(())
+}

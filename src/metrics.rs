@@ -1,0 +1,223 @@
+//! Prometheus metrics: their names, their labels and their registration.
+//!
+//! The registry is created by the caller and passed in, never global, so each test and
+//! each embedded server has its own. Counters and histograms are updated on the request
+//! path (each an atomic operation, no label lookup: the outcome children are resolved
+//! once at start). Gauges that mirror live state (queue depth, busy workers, tokens,
+//! readiness) are set from that state when `/metrics` is scraped, so the hot path does
+//! not pay for them twice. Names follow `tcpie_<name>_<unit>`; counters end in `_total`.
+
+use prometheus::{
+    Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
+
+/// How a request ended. Every value is exported from the start, at 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// A worker processed it and the response was written.
+    Processed,
+    /// 429: no token in the bucket.
+    RateLimited,
+    /// 503: the queue was full.
+    QueueFull,
+    /// 408: the head was not read before the read deadline.
+    ReadTimeout,
+    /// 400, 411 or 413: not a request TCPie accepts.
+    BadRequest,
+    /// 431: the head was larger than `TCPIE_MAX_HEADER_BYTES`.
+    HeaderTooLarge,
+    /// A processed request whose response could not be written before the write deadline.
+    WriteError,
+    /// 503: the drain deadline passed during shutdown.
+    ShuttingDown,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 8] = [
+        Outcome::Processed,
+        Outcome::RateLimited,
+        Outcome::QueueFull,
+        Outcome::ReadTimeout,
+        Outcome::BadRequest,
+        Outcome::HeaderTooLarge,
+        Outcome::WriteError,
+        Outcome::ShuttingDown,
+    ];
+
+    /// The `outcome` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Processed => "processed",
+            Outcome::RateLimited => "rate_limited",
+            Outcome::QueueFull => "queue_full",
+            Outcome::ReadTimeout => "read_timeout",
+            Outcome::BadRequest => "bad_request",
+            Outcome::HeaderTooLarge => "header_too_large",
+            Outcome::WriteError => "write_error",
+            Outcome::ShuttingDown => "shutting_down",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Every TCPie metric, registered in one registry.
+#[derive(Clone)]
+pub struct Metrics {
+    pub connections_accepted: IntCounter,
+    pub connections_closed_before_request: IntCounter,
+    pub connections_open: IntGauge,
+    requests: [IntCounter; 8],
+    pub request_duration: Histogram,
+    pub queue_wait: Histogram,
+    pub queue_depth: IntGauge,
+    pub queue_capacity: IntGauge,
+    pub workers: IntGauge,
+    pub workers_busy: IntGauge,
+    pub rate_limit_tokens: Gauge,
+    pub ready: IntGauge,
+    pub accept_errors: IntCounter,
+}
+
+/// Latency buckets in seconds, from half a millisecond to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+impl Metrics {
+    /// Creates the metrics and registers them, with the process collector, in `registry`.
+    pub fn register(registry: &Registry) -> prometheus::Result<Metrics> {
+        let counter = |name: &str, help: &str| -> prometheus::Result<IntCounter> {
+            let c = IntCounter::new(name, help)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let gauge = |name: &str, help: &str| -> prometheus::Result<IntGauge> {
+            let g = IntGauge::new(name, help)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let histogram = |name: &str, help: &str| -> prometheus::Result<Histogram> {
+            let h = Histogram::with_opts(
+                HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+            )?;
+            registry.register(Box::new(h.clone()))?;
+            Ok(h)
+        };
+
+        let requests_vec = IntCounterVec::new(
+            Opts::new("tcpie_requests_total", "Requests by how they ended."),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(requests_vec.clone()))?;
+        let requests = Outcome::ALL.map(|o| requests_vec.with_label_values(&[o.as_str()]));
+
+        let rate_limit_tokens = Gauge::new(
+            "tcpie_rate_limit_tokens",
+            "Tokens available in the rate limiter's bucket when scraped.",
+        )?;
+        registry.register(Box::new(rate_limit_tokens.clone()))?;
+
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "tcpie_build_info",
+                "TCPie's version; the value is always 1.",
+            ),
+            &["version"],
+        )?;
+        registry.register(Box::new(build_info.clone()))?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+
+        Ok(Metrics {
+            connections_accepted: counter(
+                "tcpie_connections_accepted_total",
+                "TCP connections accepted.",
+            )?,
+            connections_closed_before_request: counter(
+                "tcpie_connections_closed_before_request_total",
+                "Connections the client closed (or reset) before sending a complete request.",
+            )?,
+            connections_open: gauge("tcpie_connections_open", "TCP connections open now.")?,
+            requests,
+            request_duration: histogram(
+                "tcpie_request_duration_seconds",
+                "Time from the start of reading the request head to the response written, \
+                 for processed requests.",
+            )?,
+            queue_wait: histogram(
+                "tcpie_queue_wait_seconds",
+                "Time admitted requests waited in the queue for a worker.",
+            )?,
+            queue_depth: gauge("tcpie_queue_depth", "Requests waiting for a worker.")?,
+            queue_capacity: gauge(
+                "tcpie_queue_capacity",
+                "Requests that may wait for a worker (TCPIE_QUEUE_SIZE).",
+            )?,
+            workers: gauge("tcpie_workers", "Worker tasks (TCPIE_WORKERS).")?,
+            workers_busy: gauge("tcpie_workers_busy", "Workers processing a request now.")?,
+            rate_limit_tokens,
+            ready: gauge("tcpie_ready", "1 when /readyz answers 200, else 0.")?,
+            accept_errors: counter(
+                "tcpie_accept_errors_total",
+                "Errors accepting connections (for example too many open files).",
+            )?,
+        })
+    }
+
+    /// Counts one finished request.
+    pub fn record(&self, outcome: Outcome) {
+        self.requests[outcome.index()].inc();
+    }
+
+    /// The count of one outcome so far.
+    pub fn requests(&self, outcome: Outcome) -> u64 {
+        self.requests[outcome.index()].get()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus::Encoder;
+
+    #[test]
+    fn every_outcome_is_exported_from_the_start() {
+        let registry = Registry::new();
+        let metrics = Metrics::register(&registry).unwrap();
+        let mut text = Vec::new();
+        prometheus::TextEncoder::new()
+            .encode(&registry.gather(), &mut text)
+            .unwrap();
+        let text = String::from_utf8(text).unwrap();
+        for o in Outcome::ALL {
+            assert!(
+                text.contains(&format!(
+                    "tcpie_requests_total{{outcome=\"{}\"}} 0",
+                    o.as_str()
+                )),
+                "{text}"
+            );
+        }
+        assert!(text.contains("tcpie_build_info{version=\"0.1.0\"} 1"));
+        metrics.record(Outcome::QueueFull);
+        assert_eq!(metrics.requests(Outcome::QueueFull), 1);
+        assert_eq!(metrics.requests(Outcome::Processed), 0);
+    }
+
+    #[test]
+    fn a_registry_takes_one_server_only() {
+        let registry = Registry::new();
+        Metrics::register(&registry).unwrap();
+        assert!(Metrics::register(&registry).is_err());
+    }
+}

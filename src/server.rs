@@ -1,0 +1,521 @@
+//! The TCP side: the accept loop, one task per connection, the worker pool, and the order
+//! in which they stop.
+//!
+//! A connection task reads one request head under an absolute deadline (holding nothing
+//! but its own connection), then asks for admission: a token from the bucket (else 429),
+//! then a slot in the queue (else 503). An admitted request travels to a worker together
+//! with its connection; the worker processes it, writes the response under the write
+//! deadline, releases the slot and hands the connection back, so the connection task can
+//! close it gracefully (send FIN, then read until the client closes) without holding a
+//! worker. Every request ends with exactly one counted [`Outcome`].
+//!
+//! This module does not parse HTTP (`http`), decide admission arithmetic (`ratelimit`,
+//! `queue`) or serve probes (`admin`).
+
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::time::{sleep, timeout, timeout_at, Instant};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::handler::{Handler, Request, Response};
+use crate::http::{self, Parsed, Reject};
+use crate::metrics::{Metrics, Outcome};
+use crate::queue::Queue;
+use crate::ratelimit::{retry_after_secs, TokenBucket};
+
+/// First read buffer of a connection, allocated only once the client has sent something.
+const INITIAL_READ_BUFFER: usize = 1024;
+/// How long a closed connection waits for the client to close its side.
+const LINGER: Duration = Duration::from_secs(2);
+/// Most bytes read and discarded while lingering.
+const LINGER_BYTES: usize = 256 * 1024;
+/// Accept errors back off from this ...
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+/// ... to this, doubling while errors continue.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Accept errors are logged at most this often.
+const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(5);
+/// 429 responses prebuilt for these `Retry-After` values; larger ones are formatted.
+const PREBUILT_RETRY_AFTER: u64 = 60;
+
+/// State shared by the accept loop, connection tasks, workers and the admin server.
+pub(crate) struct Core {
+    pub config: Config,
+    pub metrics: Metrics,
+    pub bucket: Option<TokenBucket>,
+    pub queue: Queue<Job>,
+    /// Set when a stop signal arrives: readiness fails from then on.
+    pub shutting_down: AtomicBool,
+    /// Fired when the drain deadline passes: whatever is left is answered 503.
+    pub hard_stop: CancellationToken,
+    next_connection_id: AtomicU64,
+    responses: Responses,
+}
+
+/// Rejections, built once.
+struct Responses {
+    rate_limited: Vec<Bytes>,
+    queue_full: Bytes,
+    shutting_down: Bytes,
+    read_timeout: Bytes,
+    bad_request: Bytes,
+    length_required: Bytes,
+    payload_too_large: Bytes,
+    header_too_large: Bytes,
+    internal_error: Bytes,
+}
+
+impl Responses {
+    fn new() -> Responses {
+        Responses {
+            rate_limited: (1..=PREBUILT_RETRY_AFTER)
+                .map(|s| http::prebuilt(429, Some(s), "rate limited\n"))
+                .collect(),
+            queue_full: http::prebuilt(503, Some(1), "queue full\n"),
+            shutting_down: http::prebuilt(503, Some(1), "shutting down\n"),
+            read_timeout: http::prebuilt(408, None, "request head not received in time\n"),
+            bad_request: http::prebuilt(400, None, "malformed request\n"),
+            length_required: http::prebuilt(411, None, "send a Content-Length body\n"),
+            payload_too_large: http::prebuilt(413, None, "request body too large\n"),
+            header_too_large: http::prebuilt(431, None, "request head too large\n"),
+            internal_error: http::prebuilt(500, None, "internal error\n"),
+        }
+    }
+
+    fn rate_limited(&self, retry_after: u64) -> Bytes {
+        match self
+            .rate_limited
+            .get(retry_after.saturating_sub(1) as usize)
+        {
+            Some(r) => r.clone(),
+            None => http::prebuilt(429, Some(retry_after), "rate limited\n"),
+        }
+    }
+}
+
+impl Core {
+    pub fn new(config: Config, metrics: Metrics) -> Core {
+        let now = Instant::now();
+        let bucket = config
+            .rate_limited()
+            .then(|| TokenBucket::new(config.rate_per_second, config.burst, now));
+        metrics.workers.set(config.workers as i64);
+        metrics.queue_capacity.set(config.queue_size as i64);
+        Core {
+            queue: Queue::new(config.workers, config.queue_size, now),
+            bucket,
+            metrics,
+            config,
+            shutting_down: AtomicBool::new(false),
+            hard_stop: CancellationToken::new(),
+            next_connection_id: AtomicU64::new(0),
+            responses: Responses::new(),
+        }
+    }
+
+    /// Tokens in the bucket now; with rate limiting off, the bucket is "infinite" and
+    /// this reports 0 so dashboards do not plot a meaningless figure.
+    pub fn tokens(&self, now: Instant) -> f64 {
+        self.bucket.as_ref().map_or(0.0, |b| b.available(now))
+    }
+
+    /// Whether the server should receive new traffic.
+    pub fn ready(&self) -> bool {
+        let threshold = self.config.ready_queue_threshold;
+        !(self.shutting_down.load(Ordering::Acquire)
+            || (threshold > 0.0 && self.queue.fill() >= threshold))
+    }
+
+    /// Whether the worker pool makes progress.
+    pub fn live(&self, now: Instant) -> bool {
+        !self.queue.stalled(now, self.config.liveness_stall())
+    }
+}
+
+/// An admitted request on its way to a worker.
+pub(crate) struct Job {
+    conn: Conn,
+    request: Request,
+    enqueued: Instant,
+    reply: oneshot::Sender<(Conn, Outcome)>,
+}
+
+/// An accepted connection and the buffer its requests are read into.
+struct Conn {
+    stream: TcpStream,
+    buf: BytesMut,
+    #[allow(dead_code)] // kept for the per-request span (peer address, connection id)
+    peer: SocketAddr,
+    #[allow(dead_code)]
+    id: u64,
+    _open: OpenGuard,
+}
+
+/// Holds the connection-cap permit and the open-connections gauge while a connection lives.
+struct OpenGuard {
+    _permit: OwnedSemaphorePermit,
+    gauge: prometheus::IntGauge,
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+/// Accepts connections until `stop` fires, never more than `max_connections` open.
+pub(crate) async fn accept_loop(
+    core: Arc<Core>,
+    listener: TcpListener,
+    stop: CancellationToken,
+    connections: TaskTracker,
+) {
+    let limit = Arc::new(Semaphore::new(core.config.max_connections));
+    let mut backoff = Duration::ZERO;
+    let mut last_log: Option<Instant> = None;
+    let mut unlogged: u64 = 0;
+    loop {
+        // The permit comes before accept(): at the cap, new connections wait in the
+        // kernel's backlog instead of in tasks of ours.
+        let permit = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            permit = limit.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let accepted = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                backoff = Duration::ZERO;
+                core.metrics.connections_accepted.inc();
+                core.metrics.connections_open.inc();
+                // Responses are written whole; no reason to wait for more to coalesce.
+                let _ = stream.set_nodelay(true);
+                let conn = Conn {
+                    stream,
+                    buf: BytesMut::new(),
+                    peer,
+                    id: core.next_connection_id.fetch_add(1, Ordering::Relaxed),
+                    _open: OpenGuard {
+                        _permit: permit,
+                        gauge: core.metrics.connections_open.clone(),
+                    },
+                };
+                connections.spawn(serve_connection(core.clone(), conn));
+            }
+            Err(error) => {
+                core.metrics.accept_errors.inc();
+                let now = Instant::now();
+                if last_log.is_none_or(|t| now.duration_since(t) >= ACCEPT_LOG_EVERY) {
+                    tracing::error!(%error, suppressed = unlogged, "accept failed; backing off");
+                    last_log = Some(now);
+                    unlogged = 0;
+                } else {
+                    unlogged += 1;
+                }
+                // A connection reset before we took it is the client's problem, not ours;
+                // anything else (out of file descriptors, of memory) would fail again at
+                // once, so wait before retrying rather than spin.
+                if is_connection_error(&error) {
+                    continue;
+                }
+                backoff = (backoff * 2).clamp(ACCEPT_BACKOFF_MIN, ACCEPT_BACKOFF_MAX);
+                tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => break,
+                    _ = sleep(backoff) => {}
+                }
+            }
+        }
+    }
+}
+
+fn is_connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset
+    )
+}
+
+/// What reading a request produced.
+enum Read {
+    Request(Request),
+    /// The client closed or reset before a complete request.
+    Closed,
+    Rejected(Reject),
+    TimedOut,
+    Stopped,
+}
+
+async fn serve_connection(core: Arc<Core>, mut conn: Conn) {
+    let started = Instant::now();
+    let deadline = started + core.config.read_timeout();
+    let read = tokio::select! {
+        biased;
+        _ = core.hard_stop.cancelled() => Read::Stopped,
+        read = timeout_at(deadline, read_request(&mut conn, &core.config)) => {
+            read.unwrap_or(Read::TimedOut)
+        }
+    };
+    let responses = &core.responses;
+    let (conn, outcome) = match read {
+        Read::Request(request) => admit(&core, conn, request).await,
+        Read::Closed => (Some(conn), None),
+        Read::TimedOut => {
+            respond(&core, &mut conn, &responses.read_timeout).await;
+            (Some(conn), Some(Outcome::ReadTimeout))
+        }
+        Read::Stopped => {
+            respond(&core, &mut conn, &responses.shutting_down).await;
+            (Some(conn), Some(Outcome::ShuttingDown))
+        }
+        Read::Rejected(reject) => {
+            let (response, outcome) = match reject {
+                Reject::BadRequest => (&responses.bad_request, Outcome::BadRequest),
+                Reject::LengthRequired => (&responses.length_required, Outcome::BadRequest),
+                Reject::PayloadTooLarge => (&responses.payload_too_large, Outcome::BadRequest),
+                Reject::HeaderTooLarge => (&responses.header_too_large, Outcome::HeaderTooLarge),
+            };
+            respond(&core, &mut conn, response).await;
+            (Some(conn), Some(outcome))
+        }
+    };
+    match outcome {
+        Some(outcome) => {
+            if outcome == Outcome::Processed {
+                core.metrics
+                    .request_duration
+                    .observe(started.elapsed().as_secs_f64());
+            }
+            core.metrics.record(outcome);
+        }
+        None => core.metrics.connections_closed_before_request.inc(),
+    }
+    if let Some(conn) = conn {
+        close_gracefully(&core, conn).await;
+    }
+}
+
+/// Reads one request head, and discards its body, into `conn.buf`.
+async fn read_request(conn: &mut Conn, config: &Config) -> Read {
+    let max_head = config.max_header_bytes;
+    let head = loop {
+        if !conn.buf.is_empty() {
+            match http::parse_head(&conn.buf, max_head) {
+                Ok(Parsed::Complete(head)) => break head,
+                Ok(Parsed::Partial) => {}
+                Err(reject) => return Read::Rejected(reject),
+            }
+        }
+        if conn.buf.capacity() == conn.buf.len() {
+            if conn.buf.capacity() == 0 {
+                // Idle connections cost no buffer until the client sends something.
+                if conn.stream.readable().await.is_err() {
+                    return Read::Closed;
+                }
+                conn.buf.reserve(INITIAL_READ_BUFFER.min(max_head));
+            } else {
+                let grow = conn
+                    .buf
+                    .capacity()
+                    .min(max_head - conn.buf.len().min(max_head))
+                    .max(1);
+                conn.buf.reserve(grow);
+            }
+        }
+        match conn.stream.read_buf(&mut conn.buf).await {
+            Ok(0) | Err(_) => return Read::Closed,
+            Ok(_) => {}
+        }
+    };
+
+    let head_bytes = conn.buf.split_to(head.len).freeze();
+    let mut remaining = head.content_length;
+    if remaining > 0 {
+        if head.expect_continue
+            && conn.buf.is_empty()
+            && conn.stream.write_all(http::CONTINUE).await.is_err()
+        {
+            return Read::Closed;
+        }
+        loop {
+            let take = remaining.min(conn.buf.len() as u64);
+            let _ = conn.buf.split_to(take as usize);
+            remaining -= take;
+            if remaining == 0 {
+                break;
+            }
+            if conn.buf.capacity() < INITIAL_READ_BUFFER {
+                conn.buf.reserve(INITIAL_READ_BUFFER);
+            }
+            match conn.stream.read_buf(&mut conn.buf).await {
+                Ok(0) | Err(_) => return Read::Closed,
+                Ok(_) => {}
+            }
+        }
+    }
+    Read::Request(Request::new(head_bytes, &head))
+}
+
+/// Rate limit, then queue. Returns the connection (unless it was lost) and the outcome.
+async fn admit(core: &Core, mut conn: Conn, request: Request) -> (Option<Conn>, Option<Outcome>) {
+    if core.hard_stop.is_cancelled() {
+        respond(core, &mut conn, &core.responses.shutting_down).await;
+        return (Some(conn), Some(Outcome::ShuttingDown));
+    }
+    let now = Instant::now();
+    if let Some(bucket) = &core.bucket {
+        if let Err(wait) = bucket.try_acquire(now) {
+            let response = core.responses.rate_limited(retry_after_secs(wait));
+            respond(core, &mut conn, &response).await;
+            return (Some(conn), Some(Outcome::RateLimited));
+        }
+    }
+    let (reply, answered) = oneshot::channel();
+    let job = Job {
+        conn,
+        request,
+        enqueued: now,
+        reply,
+    };
+    match core.queue.try_submit(job, now) {
+        Ok(()) => match answered.await {
+            Ok((conn, outcome)) => (Some(conn), Some(outcome)),
+            // The worker dropped the job without answering (it cannot, short of a bug):
+            // the connection went with it.
+            Err(_) => {
+                tracing::error!("a worker dropped a request without answering it");
+                (None, Some(Outcome::WriteError))
+            }
+        },
+        Err(job) => {
+            let mut conn = job.conn;
+            respond(core, &mut conn, &core.responses.queue_full).await;
+            (Some(conn), Some(Outcome::QueueFull))
+        }
+    }
+}
+
+/// Writes a whole response within the write deadline; false if it could not.
+async fn respond(core: &Core, conn: &mut Conn, response: &[u8]) -> bool {
+    matches!(
+        timeout(core.config.write_timeout(), conn.stream.write_all(response)).await,
+        Ok(Ok(()))
+    )
+}
+
+/// Sends FIN, then reads until the client closes, so that data the client sent after the
+/// part we read does not make the kernel answer our response with a reset.
+async fn close_gracefully(core: &Core, mut conn: Conn) {
+    if conn.stream.shutdown().await.is_err() {
+        return;
+    }
+    let deadline = Instant::now() + LINGER;
+    let mut discarded = 0;
+    loop {
+        conn.buf.clear();
+        if conn.buf.capacity() < 512 {
+            conn.buf.reserve(512);
+        }
+        let read = tokio::select! {
+            biased;
+            _ = core.hard_stop.cancelled() => return,
+            read = timeout_at(deadline, conn.stream.read_buf(&mut conn.buf)) => read,
+        };
+        match read {
+            Ok(Ok(n)) if n > 0 && discarded < LINGER_BYTES => discarded += n,
+            _ => return,
+        }
+    }
+}
+
+/// One worker: takes requests from the queue until it is closed and empty.
+pub(crate) async fn worker<H: Handler>(core: Arc<Core>, handler: Arc<H>) {
+    let mut out = Vec::with_capacity(256);
+    while let Some(job) = core.queue.recv().await {
+        let Job {
+            mut conn,
+            request,
+            enqueued,
+            reply,
+        } = job;
+        core.metrics
+            .queue_wait
+            .observe(enqueued.elapsed().as_secs_f64());
+        let response = if core.hard_stop.is_cancelled() {
+            None
+        } else {
+            tokio::select! {
+                biased;
+                _ = core.hard_stop.cancelled() => None,
+                response = process(&core, &*handler, &request) => Some(response),
+            }
+        };
+        let outcome = match response {
+            Some(Ok(response)) => {
+                http::write_response(
+                    &mut out,
+                    response.status,
+                    response.content_type,
+                    None,
+                    &response.body,
+                );
+                if respond(&core, &mut conn, &out).await {
+                    Outcome::Processed
+                } else {
+                    Outcome::WriteError
+                }
+            }
+            Some(Err(())) => {
+                if respond(&core, &mut conn, &core.responses.internal_error).await {
+                    Outcome::Processed
+                } else {
+                    Outcome::WriteError
+                }
+            }
+            None => {
+                respond(&core, &mut conn, &core.responses.shutting_down).await;
+                Outcome::ShuttingDown
+            }
+        };
+        core.queue.done(Instant::now());
+        // The connection task may be gone only if the runtime is shutting down.
+        let _ = reply.send((conn, outcome));
+    }
+}
+
+/// Runs the handler (after the simulated work); `Err` if it panicked.
+async fn process<H: Handler>(core: &Core, handler: &H, request: &Request) -> Result<Response, ()> {
+    let work = core.config.simulated_work();
+    if !work.is_zero() {
+        sleep(work).await;
+    }
+    match AssertUnwindSafe(handler.handle(request))
+        .catch_unwind()
+        .await
+    {
+        Ok(response) => Ok(response),
+        Err(_) => {
+            tracing::error!(path = request.path(), "the handler panicked; answered 500");
+            Err(())
+        }
+    }
+}
