@@ -1,0 +1,319 @@
+//! The built `tcpie` binary as a child process: signals, exit codes, configuration
+//! errors, and running out of file descriptors.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{metric_value, request};
+use tokio::net::TcpStream;
+use tokio::time::{sleep, Instant};
+
+const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: test\r\n\r\n";
+
+struct Tcpie {
+    child: Child,
+    tcp: SocketAddr,
+    admin: SocketAddr,
+    log: Arc<Mutex<String>>,
+}
+
+fn command(env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tcpie"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("RUST_LOG", "info")
+        .env("TCPIE_HOST", "127.0.0.1")
+        .env("TCPIE_PORT", "0")
+        .env("TCPIE_ADMIN_PORT", "0");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// Starts the binary (optionally under a wrapper such as `prlimit`) and waits for its
+/// "listening" line to learn both ports.
+fn spawn(wrapper: &[&str], env: &[(&str, &str)]) -> Tcpie {
+    let mut cmd = if wrapper.is_empty() {
+        command(env)
+    } else {
+        let inner = command(env);
+        let mut cmd = Command::new(wrapper[0]);
+        cmd.args(&wrapper[1..]).arg(inner.get_program());
+        cmd.env_clear();
+        for (k, v) in inner.get_envs() {
+            if let Some(v) = v {
+                cmd.env(k, v);
+            }
+        }
+        cmd
+    };
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let log = Arc::new(Mutex::new(String::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("listening") {
+                let field = |name: &str| -> SocketAddr {
+                    let start = line.find(&format!("{name}=")).unwrap() + name.len() + 1;
+                    line[start..]
+                        .split_whitespace()
+                        .next()
+                        .unwrap()
+                        .parse()
+                        .unwrap()
+                };
+                let _ = tx.send((field("tcp"), field("admin")));
+            }
+            let mut log = sink.lock().unwrap();
+            log.push_str(&line);
+            log.push('\n');
+        }
+    });
+    let (tcp, admin) = rx
+        .recv_timeout(Duration::from_secs(20))
+        .unwrap_or_else(|_| panic!("tcpie did not start: {}", log.lock().unwrap()));
+    Tcpie {
+        child,
+        tcp,
+        admin,
+        log,
+    }
+}
+
+impl Tcpie {
+    fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    async fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "tcpie did not exit within {within:?}:\n{}",
+                    self.log.lock().unwrap()
+                );
+            }
+            sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn admin(&self, path: &str) -> (u16, String) {
+        let reply = request(
+            self.admin,
+            format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        (reply.status, reply.body_text())
+    }
+
+    async fn wait_admitted(&self, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, body) = self.admin("/livez").await;
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            if v["workers_busy"].as_u64().unwrap() + v["queue_depth"].as_u64().unwrap() >= n {
+                return;
+            }
+            assert!(Instant::now() < deadline, "not admitted: {body}");
+            sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for Tcpie {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn sigterm_answers_every_request_in_flight_and_exits_0() {
+    let mut tcpie = spawn(
+        &[],
+        &[
+            ("TCPIE_WORKERS", "1"),
+            ("TCPIE_QUEUE_SIZE", "3"),
+            ("TCPIE_BURST", "0"),
+            ("TCPIE_SIMULATED_WORK_MS", "300"),
+        ],
+    );
+    let addr = tcpie.tcp;
+    let clients: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(async move { request(addr, GET).await }))
+        .collect();
+    tcpie.wait_admitted(4).await;
+    tcpie.signal("TERM");
+    let status = tcpie.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(0), "{}", tcpie.log.lock().unwrap());
+    for c in clients {
+        let reply = c.await.unwrap().expect("a complete answer");
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.body_text(), "Hello world !\n");
+    }
+    let log = tcpie.log.lock().unwrap().clone();
+    for phase in [
+        "stop signal received",
+        "listener closed, draining",
+        "requests drained, workers stopped",
+        "shutdown: complete",
+    ] {
+        assert!(log.contains(phase), "missing {phase:?} in\n{log}");
+    }
+    assert!(TcpStream::connect(addr).await.is_err());
+}
+
+#[tokio::test]
+async fn a_second_signal_exits_at_once() {
+    let mut tcpie = spawn(
+        &[],
+        &[("TCPIE_BURST", "0"), ("TCPIE_SIMULATED_WORK_MS", "20000")],
+    );
+    let addr = tcpie.tcp;
+    let client = tokio::spawn(async move { request(addr, GET).await });
+    tcpie.wait_admitted(1).await;
+    tcpie.signal("INT");
+    sleep(Duration::from_millis(200)).await;
+    assert!(
+        tcpie.child.try_wait().unwrap().is_none(),
+        "the first signal only starts the drain"
+    );
+    tcpie.signal("TERM");
+    let status = tcpie.wait_exit(Duration::from_secs(3)).await;
+    assert_eq!(status.code(), Some(143));
+    drop(client);
+}
+
+fn run_with(env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let out = command(env).output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_bad_value_refuses_to_start_naming_variable_and_value() {
+    let (code, stderr) = run_with(&[("TCPIE_WORKERS", "many")]);
+    assert_eq!(code, Some(64));
+    assert!(
+        stderr
+            .contains("TCPIE_WORKERS=\"many\" is invalid: expected a whole number from 1 to 65536"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"),
+        "{stderr}"
+    );
+
+    let (code, stderr) = run_with(&[("TCPIE_READY_QUEUE_THRESHOLD", "2")]);
+    assert_eq!(code, Some(64));
+    assert!(
+        stderr.contains("TCPIE_READY_QUEUE_THRESHOLD=\"2\""),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_unknown_variable_refuses_to_start_naming_the_closest() {
+    let (code, stderr) = run_with(&[("TCPIE_RATE_PER_SECONDS", "5")]);
+    assert_eq!(code, Some(64));
+    assert!(
+        stderr.contains(
+            "unknown variable TCPIE_RATE_PER_SECONDS: did you mean TCPIE_RATE_PER_SECOND?"
+        ),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_port_in_use_is_a_clear_start_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let (code, stderr) = run_with(&[("TCPIE_PORT", &port)]);
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{stderr}"
+    );
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[tokio::test]
+async fn running_out_of_file_descriptors_backs_off_and_recovers() {
+    let mut tcpie = spawn(
+        &["prlimit", "--nofile=64:64", "--"],
+        &[("TCPIE_BURST", "0"), ("TCPIE_READ_TIMEOUT_MS", "20000")],
+    );
+    // Hold more idle connections than the process has descriptors.
+    let mut held = Vec::new();
+    for _ in 0..120 {
+        held.push(TcpStream::connect(tcpie.tcp).await.unwrap());
+    }
+    sleep(Duration::from_millis(500)).await;
+    assert!(tcpie.child.try_wait().unwrap().is_none(), "tcpie died");
+    // No busy loop while the limit is hit: well under a tenth of a core.
+    let pid = tcpie.child.id();
+    let before = cpu_ticks(pid);
+    sleep(Duration::from_secs(2)).await;
+    let ticks = cpu_ticks(pid) - before;
+    assert!(
+        ticks < 20,
+        "{ticks} ticks of CPU in 2 s while out of descriptors"
+    );
+
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let reply = loop {
+        match request(tcpie.tcp, GET).await {
+            Ok(reply) => break reply,
+            Err(_) if Instant::now() < deadline => sleep(Duration::from_millis(100)).await,
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(reply.status, 200);
+    let (_, text) = tcpie.admin("/metrics").await;
+    assert!(
+        metric_value(&text, "tcpie_accept_errors_total").unwrap() > 0.0,
+        "{text}"
+    );
+    let log = tcpie.log.lock().unwrap().clone();
+    assert!(log.contains("accept failed; backing off"), "{log}");
+    // Logged with a throttle, not once per failed accept.
+    assert!(log.matches("accept failed").count() <= 3, "{log}");
+    tcpie.signal("TERM");
+    assert_eq!(
+        tcpie.wait_exit(Duration::from_secs(10)).await.code(),
+        Some(0)
+    );
+}
