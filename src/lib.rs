@@ -18,9 +18,11 @@ pub mod http;
 pub mod metrics;
 pub mod queue;
 pub mod ratelimit;
+mod request_span;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
+pub mod trace_export;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -79,12 +81,13 @@ pub async fn run<H: Handler>(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
     let metrics = Metrics::register(&registry)?;
-    let core = Arc::new(server::Core::new(config, metrics));
+    let server_port = listeners.tcp.local_addr().map(|a| a.port()).unwrap_or(0);
+    let core = Arc::new(server::Core::new(config, metrics, server_port));
     let handler = Arc::new(handler);
 
     let workers = TaskTracker::new();
-    for _ in 0..core.config.workers {
-        workers.spawn(server::worker(core.clone(), handler.clone()));
+    for id in 0..core.config.workers {
+        workers.spawn(server::worker(id, core.clone(), handler.clone()));
     }
     workers.close();
 

@@ -2,8 +2,10 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use tcpie::{bind, run, shutdown, telemetry, Config, Hello, Listeners};
+use tcpie::telemetry::{self, TraceSettings};
+use tcpie::{bind, run, shutdown, Config, Hello, Listeners};
 
 /// Exit code for a configuration error (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
@@ -11,14 +13,19 @@ const EXIT_CONFIG: u8 = 64;
 const EXIT_START: u8 = 1;
 
 fn main() -> ExitCode {
-    let config = match Config::from_env() {
-        Ok(config) => config,
-        Err(errors) => {
+    let (config, traces) = match (Config::from_env(), TraceSettings::from_env()) {
+        (Ok(config), Ok(traces)) => (config, traces),
+        (config, traces) => {
             eprintln!("tcpie: configuration error:");
-            for e in &errors.0 {
+            let errors = config
+                .err()
+                .into_iter()
+                .chain(traces.err())
+                .flat_map(|e| e.0);
+            for e in errors {
                 eprintln!("  {e}");
             }
-            eprintln!("tcpie: every variable is listed in README.md under Configuration.");
+            eprintln!("tcpie: every variable is listed in README.md (Configuration, Tracing).");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -32,11 +39,21 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_START);
         }
     };
-    runtime.block_on(serve(config))
+    runtime.block_on(serve(config, traces))
 }
 
-async fn serve(config: Config) -> ExitCode {
-    telemetry::init_logging(config.log_format);
+/// Longest wait for pending spans to reach the collector at shutdown.
+const FLUSH_DEADLINE_MAX: Duration = Duration::from_secs(5);
+
+async fn serve(config: Config, traces: TraceSettings) -> ExitCode {
+    let registry = prometheus::Registry::new();
+    let telemetry = match telemetry::init(config.log_format, &traces, &registry) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("tcpie: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %config.summary(), "starting tcpie");
 
     let tcp_addr = SocketAddr::new(config.host, config.port);
@@ -65,19 +82,22 @@ async fn serve(config: Config) -> ExitCode {
         Err(e) => return start_failed(&format!("cannot install signal handlers: {e}")),
     };
     tracing::info!(%tcp, %admin, "listening");
+    if telemetry.tracing() {
+        tracing::info!(
+            endpoint = traces.endpoint.as_deref().unwrap_or_default(),
+            protocol = ?traces.protocol,
+            service = %traces.service_name,
+            "exporting traces"
+        );
+    }
 
-    match run(
-        config,
-        listeners,
-        prometheus::Registry::new(),
-        Hello,
-        signals,
-    )
-    .await
-    {
+    let flush_deadline = config.shutdown_timeout().min(FLUSH_DEADLINE_MAX);
+    let code = match run(config, listeners, registry, Hello, signals).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => start_failed(&e.to_string()),
-    }
+    };
+    telemetry.shutdown(flush_deadline).await;
+    code
 }
 
 fn start_failed(message: &str) -> ExitCode {

@@ -26,6 +26,7 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{sleep, timeout, timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::config::Config;
 use crate::handler::{Handler, Request, Response};
@@ -33,6 +34,7 @@ use crate::http::{self, Parsed, Reject};
 use crate::metrics::{Metrics, Outcome};
 use crate::queue::Queue;
 use crate::ratelimit::{retry_after_secs, TokenBucket};
+use crate::request_span::RequestSpan;
 
 /// First read buffer of a connection, allocated only once the client has sent something.
 const INITIAL_READ_BUFFER: usize = 1024;
@@ -61,6 +63,8 @@ pub(crate) struct Core {
     pub hard_stop: CancellationToken,
     next_connection_id: AtomicU64,
     responses: Responses,
+    /// The TCP port, for the `server.port` span attribute.
+    pub server_port: u16,
 }
 
 /// Rejections, built once.
@@ -105,7 +109,7 @@ impl Responses {
 }
 
 impl Core {
-    pub fn new(config: Config, metrics: Metrics) -> Core {
+    pub fn new(config: Config, metrics: Metrics, server_port: u16) -> Core {
         let now = Instant::now();
         let bucket = config
             .rate_limited()
@@ -121,6 +125,7 @@ impl Core {
             hard_stop: CancellationToken::new(),
             next_connection_id: AtomicU64::new(0),
             responses: Responses::new(),
+            server_port,
         }
     }
 
@@ -148,16 +153,17 @@ pub(crate) struct Job {
     conn: Conn,
     request: Request,
     enqueued: Instant,
-    reply: oneshot::Sender<(Conn, Outcome)>,
+    reply: oneshot::Sender<(Conn, Outcome, u16)>,
+    span: RequestSpan,
+    /// Ends when a worker takes the job.
+    queue_span: tracing::Span,
 }
 
 /// An accepted connection and the buffer its requests are read into.
 struct Conn {
     stream: TcpStream,
     buf: BytesMut,
-    #[allow(dead_code)] // kept for the per-request span (peer address, connection id)
     peer: SocketAddr,
-    #[allow(dead_code)]
     id: u64,
     _open: OpenGuard,
 }
@@ -257,6 +263,8 @@ fn is_connection_error(e: &std::io::Error) -> bool {
 
 /// What reading a request produced.
 enum Read {
+    /// The first bytes arrived; the rest of the head is still to read.
+    Started,
     Request(Request),
     /// The client closed or reset before a complete request.
     Closed,
@@ -268,49 +276,92 @@ enum Read {
 async fn serve_connection(core: Arc<Core>, mut conn: Conn) {
     let started = Instant::now();
     let deadline = started + core.config.read_timeout();
-    let read = tokio::select! {
+    let mut read = tokio::select! {
         biased;
         _ = core.hard_stop.cancelled() => Read::Stopped,
-        read = timeout_at(deadline, read_request(&mut conn, &core.config)) => {
+        read = timeout_at(deadline, first_bytes(&mut conn, &core.config)) => {
             read.unwrap_or(Read::TimedOut)
         }
     };
+    // The request, and its span, begin with its first bytes: a connection closed without
+    // sending anything (a port scan, a TCP probe) is no request.
+    let span = match read {
+        Read::Closed => None,
+        _ => Some(RequestSpan::new(conn.peer, core.server_port, conn.id)),
+    };
+    if let Read::Started = read {
+        read = tokio::select! {
+            biased;
+            _ = core.hard_stop.cancelled() => Read::Stopped,
+            read = timeout_at(deadline, read_request(&mut conn, &core.config)) => {
+                read.unwrap_or(Read::TimedOut)
+            }
+        };
+    }
     let responses = &core.responses;
-    let (conn, outcome) = match read {
-        Read::Request(request) => admit(&core, conn, request).await,
-        Read::Closed => (Some(conn), None),
-        Read::TimedOut => {
+    let (conn, ended) = match (read, &span) {
+        (Read::Request(request), Some(span)) => {
+            span.request(&request);
+            admit(&core, conn, request, span).await
+        }
+        (Read::Closed, _) | (Read::Started, _) | (Read::Request(_), None) => (Some(conn), None),
+        (Read::TimedOut, _) => {
             respond(&core, &mut conn, &responses.read_timeout).await;
-            (Some(conn), Some(Outcome::ReadTimeout))
+            (Some(conn), Some((Outcome::ReadTimeout, 408)))
         }
-        Read::Stopped => {
+        (Read::Stopped, _) => {
             respond(&core, &mut conn, &responses.shutting_down).await;
-            (Some(conn), Some(Outcome::ShuttingDown))
+            (Some(conn), Some((Outcome::ShuttingDown, 503)))
         }
-        Read::Rejected(reject) => {
-            let (response, outcome) = match reject {
-                Reject::BadRequest => (&responses.bad_request, Outcome::BadRequest),
-                Reject::LengthRequired => (&responses.length_required, Outcome::BadRequest),
-                Reject::PayloadTooLarge => (&responses.payload_too_large, Outcome::BadRequest),
-                Reject::HeaderTooLarge => (&responses.header_too_large, Outcome::HeaderTooLarge),
+        (Read::Rejected(reject), _) => {
+            let (response, outcome, status) = match reject {
+                Reject::BadRequest => (&responses.bad_request, Outcome::BadRequest, 400),
+                Reject::LengthRequired => (&responses.length_required, Outcome::BadRequest, 411),
+                Reject::PayloadTooLarge => (&responses.payload_too_large, Outcome::BadRequest, 413),
+                Reject::HeaderTooLarge => {
+                    (&responses.header_too_large, Outcome::HeaderTooLarge, 431)
+                }
             };
             respond(&core, &mut conn, response).await;
-            (Some(conn), Some(outcome))
+            (Some(conn), Some((outcome, status)))
         }
     };
-    match outcome {
-        Some(outcome) => {
+    match ended {
+        Some((outcome, status)) => {
             if outcome == Outcome::Processed {
                 core.metrics
                     .request_duration
                     .observe(started.elapsed().as_secs_f64());
             }
             core.metrics.record(outcome);
+            if let Some(span) = &span {
+                span.finish(outcome, Some(status));
+            }
         }
-        None => core.metrics.connections_closed_before_request.inc(),
+        None => {
+            core.metrics.connections_closed_before_request.inc();
+            if let Some(span) = &span {
+                span.closed_early();
+            }
+        }
     }
+    // The span covers the request up to its response, not the lingering close.
+    drop(span);
     if let Some(conn) = conn {
         close_gracefully(&core, conn).await;
+    }
+}
+
+/// Waits for the client's first bytes. Idle connections cost no buffer until then.
+async fn first_bytes(conn: &mut Conn, config: &Config) -> Read {
+    if conn.stream.readable().await.is_err() {
+        return Read::Closed;
+    }
+    conn.buf
+        .reserve(INITIAL_READ_BUFFER.min(config.max_header_bytes));
+    match conn.stream.read_buf(&mut conn.buf).await {
+        Ok(0) | Err(_) => Read::Closed,
+        Ok(_) => Read::Started,
     }
 }
 
@@ -326,20 +377,13 @@ async fn read_request(conn: &mut Conn, config: &Config) -> Read {
             }
         }
         if conn.buf.capacity() == conn.buf.len() {
-            if conn.buf.capacity() == 0 {
-                // Idle connections cost no buffer until the client sends something.
-                if conn.stream.readable().await.is_err() {
-                    return Read::Closed;
-                }
-                conn.buf.reserve(INITIAL_READ_BUFFER.min(max_head));
-            } else {
-                let grow = conn
-                    .buf
-                    .capacity()
-                    .min(max_head - conn.buf.len().min(max_head))
-                    .max(1);
-                conn.buf.reserve(grow);
-            }
+            // Grow by doubling, never much past the largest head allowed.
+            let grow = conn
+                .buf
+                .capacity()
+                .min(max_head - conn.buf.len().min(max_head))
+                .max(1);
+            conn.buf.reserve(grow);
         }
         match conn.stream.read_buf(&mut conn.buf).await {
             Ok(0) | Err(_) => return Read::Closed,
@@ -376,17 +420,22 @@ async fn read_request(conn: &mut Conn, config: &Config) -> Read {
 }
 
 /// Rate limit, then queue. Returns the connection (unless it was lost) and the outcome.
-async fn admit(core: &Core, mut conn: Conn, request: Request) -> (Option<Conn>, Option<Outcome>) {
+async fn admit(
+    core: &Core,
+    mut conn: Conn,
+    request: Request,
+    span: &RequestSpan,
+) -> (Option<Conn>, Option<(Outcome, u16)>) {
     if core.hard_stop.is_cancelled() {
         respond(core, &mut conn, &core.responses.shutting_down).await;
-        return (Some(conn), Some(Outcome::ShuttingDown));
+        return (Some(conn), Some((Outcome::ShuttingDown, 503)));
     }
     let now = Instant::now();
     if let Some(bucket) = &core.bucket {
         if let Err(wait) = bucket.try_acquire(now) {
             let response = core.responses.rate_limited(retry_after_secs(wait));
             respond(core, &mut conn, &response).await;
-            return (Some(conn), Some(Outcome::RateLimited));
+            return (Some(conn), Some((Outcome::RateLimited, 429)));
         }
     }
     let (reply, answered) = oneshot::channel();
@@ -395,21 +444,23 @@ async fn admit(core: &Core, mut conn: Conn, request: Request) -> (Option<Conn>, 
         request,
         enqueued: now,
         reply,
+        span: span.clone(),
+        queue_span: span.child("queue"),
     };
     match core.queue.try_submit(job, now) {
         Ok(()) => match answered.await {
-            Ok((conn, outcome)) => (Some(conn), Some(outcome)),
+            Ok((conn, outcome, status)) => (Some(conn), Some((outcome, status))),
             // The worker dropped the job without answering (it cannot, short of a bug):
             // the connection went with it.
             Err(_) => {
                 tracing::error!("a worker dropped a request without answering it");
-                (None, Some(Outcome::WriteError))
+                (None, Some((Outcome::WriteError, 500)))
             }
         },
         Err(job) => {
             let mut conn = job.conn;
             respond(core, &mut conn, &core.responses.queue_full).await;
-            (Some(conn), Some(Outcome::QueueFull))
+            (Some(conn), Some((Outcome::QueueFull, 503)))
         }
     }
 }
@@ -448,7 +499,7 @@ async fn close_gracefully(core: &Core, mut conn: Conn) {
 }
 
 /// One worker: takes requests from the queue until it is closed and empty.
-pub(crate) async fn worker<H: Handler>(core: Arc<Core>, handler: Arc<H>) {
+pub(crate) async fn worker<H: Handler>(id: usize, core: Arc<Core>, handler: Arc<H>) {
     let mut out = Vec::with_capacity(256);
     while let Some(job) = core.queue.recv().await {
         let Job {
@@ -456,49 +507,54 @@ pub(crate) async fn worker<H: Handler>(core: Arc<Core>, handler: Arc<H>) {
             request,
             enqueued,
             reply,
+            span,
+            queue_span,
         } = job;
-        core.metrics
-            .queue_wait
-            .observe(enqueued.elapsed().as_secs_f64());
+        drop(queue_span);
+        let waited = enqueued.elapsed();
+        core.metrics.queue_wait.observe(waited.as_secs_f64());
+        span.queued(waited, id);
         let response = if core.hard_stop.is_cancelled() {
             None
         } else {
             tokio::select! {
                 biased;
                 _ = core.hard_stop.cancelled() => None,
-                response = process(&core, &*handler, &request) => Some(response),
-            }
-        };
-        let outcome = match response {
-            Some(Ok(response)) => {
-                http::write_response(
-                    &mut out,
-                    response.status,
-                    response.content_type,
-                    None,
-                    &response.body,
-                );
-                if respond(&core, &mut conn, &out).await {
-                    Outcome::Processed
-                } else {
-                    Outcome::WriteError
+                response = process(&core, &*handler, &request).instrument(span.child("process")) => {
+                    Some(response)
                 }
             }
-            Some(Err(())) => {
-                if respond(&core, &mut conn, &core.responses.internal_error).await {
-                    Outcome::Processed
+        };
+        let (outcome, status) = match response {
+            Some(response) => {
+                let written = match &response {
+                    Ok(response) => {
+                        http::write_response(
+                            &mut out,
+                            response.status,
+                            response.content_type,
+                            None,
+                            &response.body,
+                        );
+                        respond(&core, &mut conn, &out).await
+                    }
+                    Err(()) => respond(&core, &mut conn, &core.responses.internal_error).await,
+                };
+                let status = response.map_or(500, |r| r.status);
+                if written {
+                    (Outcome::Processed, status)
                 } else {
-                    Outcome::WriteError
+                    (Outcome::WriteError, status)
                 }
             }
             None => {
                 respond(&core, &mut conn, &core.responses.shutting_down).await;
-                Outcome::ShuttingDown
+                (Outcome::ShuttingDown, 503)
             }
         };
         core.queue.done(Instant::now());
         // The connection task may be gone only if the runtime is shutting down.
-        let _ = reply.send((conn, outcome));
+        let _ = reply.send((conn, outcome, status));
     }
 }
 

@@ -2,6 +2,8 @@
 //! HTTP/1.1 client over real sockets, and readers for the admin endpoints.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod process;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
