@@ -1,18 +1,11 @@
 #!/usr/bin/env bash
-# The whole test suite, from a fresh checkout: installs what it needs, then runs the
-# format and lint checks and every test. CI runs exactly this (.ci/run).
+# The whole test suite, from a fresh checkout: installs what it needs (scripts/setup.sh),
+# then runs the format and lint checks, every Rust test, and the deploy checks (the local
+# stack and the Helm chart, proven by the real tools). CI runs exactly this (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need_apt=()
-command -v prlimit >/dev/null 2>&1 || need_apt+=(util-linux)
-command -v kill >/dev/null 2>&1 || need_apt+=(procps)
-if [ ${#need_apt[@]} -gt 0 ]; then
-  echo "== installing ${need_apt[*]}"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
-fi
-command -v rustfmt >/dev/null 2>&1 || rustup component add rustfmt
-command -v cargo-clippy >/dev/null 2>&1 || rustup component add clippy
+./scripts/setup.sh
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
@@ -20,3 +13,7 @@ echo "== cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --locked
+echo "== deploy checks"
+cargo build --locked
+TCPIE_GRAFANA_SCHEMA="$PWD/target/grafana-schema/dashboard.schema.json" \
+  .venv/bin/pytest -q -p no:cacheprovider tests/deploy

@@ -14,6 +14,7 @@
 pub mod admin;
 pub mod config;
 pub mod handler;
+pub mod healthcheck;
 pub mod http;
 pub mod metrics;
 pub mod queue;

@@ -12,7 +12,36 @@ const EXIT_CONFIG: u8 = 64;
 /// Exit code when the server cannot start (a port in use, for example).
 const EXIT_START: u8 = 1;
 
+const USAGE: &str = "\
+usage: tcpie                     run the server, configured by TCPIE_* and OTEL_* variables
+       tcpie healthcheck [PATH]  exit 0 if the local admin server answers 200 on PATH
+                                 (default /livez), 1 otherwise
+       tcpie --version";
+
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        [] => {}
+        ["healthcheck"] => return healthcheck("/livez"),
+        ["healthcheck", path] if path.starts_with('/') => return healthcheck(path),
+        ["--version" | "-V"] => {
+            println!("tcpie {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        ["--help" | "-h"] => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        _ => {
+            eprintln!("tcpie: unexpected arguments {args:?}\n{USAGE}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    }
     let (config, traces) = match (Config::from_env(), TraceSettings::from_env()) {
         (Ok(config), Ok(traces)) => (config, traces),
         (config, traces) => {
@@ -98,6 +127,28 @@ async fn serve(config: Config, traces: TraceSettings) -> ExitCode {
     };
     telemetry.shutdown(flush_deadline).await;
     code
+}
+
+/// Docker reads 0 as healthy and 1 as unhealthy; every failure here is 1.
+fn healthcheck(path: &str) -> ExitCode {
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("tcpie healthcheck: configuration error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let target = tcpie::healthcheck::local_target(config.host, config.admin_port);
+    match tcpie::healthcheck::check(target, path, Duration::from_secs(3)) {
+        Ok(status) => {
+            println!("healthy: {target}{path} answered {status:?}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("unhealthy: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn start_failed(message: &str) -> ExitCode {

@@ -178,3 +178,42 @@ async fn running_out_of_file_descriptors_backs_off_and_recovers() {
         Some(0)
     );
 }
+
+#[tokio::test]
+async fn the_healthcheck_subcommand_exits_0_when_healthy_and_1_otherwise() {
+    let mut tcpie = spawn(&[], &[("TCPIE_BURST", "0")]);
+    let admin_port = tcpie.admin.port().to_string();
+    let healthcheck = |args: &[&str], port: &str| {
+        let out = command(&[("TCPIE_ADMIN_PORT", port)])
+            .arg("healthcheck")
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, stdout) = healthcheck(&[], &admin_port);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(stdout.contains("/livez"), "{stdout}");
+    assert_eq!(healthcheck(&["/readyz"], &admin_port).0, Some(0));
+    assert_eq!(healthcheck(&["/nowhere"], &admin_port).0, Some(1));
+    tcpie.signal("TERM");
+    assert_eq!(
+        tcpie.wait_exit(Duration::from_secs(10)).await.code(),
+        Some(0)
+    );
+    // Nothing listens any more.
+    assert_eq!(healthcheck(&[], &admin_port).0, Some(1));
+    assert_eq!(run_args(&["--version"]).0, Some(0));
+    assert_eq!(run_args(&["serve", "now"]).0, Some(64));
+}
+
+fn run_args(args: &[&str]) -> (Option<i32>, String) {
+    let out = command(&[]).args(args).output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
