@@ -253,11 +253,14 @@ impl Config {
         K: Into<String>,
         V: Into<String>,
     {
-        let ours: Vec<(String, String)> = vars
-            .into_iter()
-            .map(|(k, v)| (k.into(), v.into()))
-            .filter(|(k, _)| k.starts_with(PREFIX))
-            .collect();
+        // Like an environment, one value per name: the last one given wins.
+        let mut ours: Vec<(String, String)> = Vec::new();
+        for (k, v) in vars.into_iter().map(|(k, v)| (k.into(), v.into())) {
+            if k.starts_with(PREFIX) {
+                ours.retain(|(seen, _)| *seen != k);
+                ours.push((k, v));
+            }
+        }
 
         let mut errors: Vec<ConfigError> = ours
             .iter()
@@ -676,6 +679,12 @@ mod tests {
             ("TCPIE_QUEUE_SIZE", "2"),
         ]);
         assert_eq!(e.len(), 2, "{e:?}");
+    }
+
+    #[test]
+    fn a_repeated_name_takes_its_last_value() {
+        let c = Config::from_vars([("TCPIE_WORKERS", "abc"), ("TCPIE_WORKERS", "3")]).unwrap();
+        assert_eq!(c.workers, 3);
     }
 
     #[test]

@@ -303,3 +303,23 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn parsing_never_panics_and_offsets_stay_in_bounds(
+            buf in proptest::collection::vec(any::<u8>(), 0..4096),
+            max in 64usize..8192,
+        ) {
+            if let Ok(Parsed::Complete(head)) = parse_head(&buf, max) {
+                prop_assert!(head.len <= buf.len() && head.len <= max);
+                prop_assert!(head.method.end <= head.len && head.path.end <= head.len);
+                prop_assert!(head.content_length <= MAX_BODY_BYTES);
+            }
+        }
+    }
+}

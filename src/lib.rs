@@ -156,6 +156,23 @@ pub async fn run<H: Handler>(
         Ok(Err(e)) => tracing::warn!(error = %e, "admin server ended with an error"),
         Err(e) => tracing::warn!(error = %e, "admin server task failed"),
     }
-    tracing::info!("shutdown: complete");
+    // The final counters, so that every accepted connection can be accounted for even
+    // after the last scrape.
+    let m = &core.metrics;
+    let answered: u64 = Outcome::ALL.iter().map(|o| m.requests(*o)).sum();
+    tracing::info!(
+        accepted = m.connections_accepted.get(),
+        requests = answered,
+        processed = m.requests(Outcome::Processed),
+        rate_limited = m.requests(Outcome::RateLimited),
+        queue_full = m.requests(Outcome::QueueFull),
+        read_timeout = m.requests(Outcome::ReadTimeout),
+        bad_request = m.requests(Outcome::BadRequest),
+        header_too_large = m.requests(Outcome::HeaderTooLarge),
+        write_error = m.requests(Outcome::WriteError),
+        shutting_down = m.requests(Outcome::ShuttingDown),
+        closed_before_request = m.connections_closed_before_request.get(),
+        "shutdown: complete"
+    );
     Ok(())
 }

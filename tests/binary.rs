@@ -133,12 +133,12 @@ fn cpu_ticks(pid: u32) -> u64 {
 #[tokio::test]
 async fn running_out_of_file_descriptors_backs_off_and_recovers() {
     let mut tcpie = spawn(
-        &["prlimit", "--nofile=64:64", "--"],
+        &["prlimit", "--nofile=256:256", "--"],
         &[("TCPIE_BURST", "0"), ("TCPIE_READ_TIMEOUT_MS", "20000")],
     );
     // Hold more idle connections than the process has descriptors.
     let mut held = Vec::new();
-    for _ in 0..120 {
+    for _ in 0..1000 {
         held.push(TcpStream::connect(tcpie.tcp).await.unwrap());
     }
     sleep(Duration::from_millis(500)).await;

@@ -1,0 +1,374 @@
+//! Hostile clients and resource exhaustion, over real sockets on 127.0.0.1: slowloris,
+//! slow readers, the connection cap, and a stop under load. Every scenario ends by
+//! checking that each accepted connection is accounted for exactly once.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::process::spawn;
+use common::{config, metric_value, parse_reply, request, start_with};
+use tcpie::{Handler, Request, Response};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::time::{sleep, timeout, Instant};
+
+const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: test\r\n\r\n";
+
+fn percentile(mut v: Vec<Duration>, p: f64) -> Duration {
+    v.sort();
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_holds_no_worker_and_normal_clients_stay_fast() {
+    let mut tcpie = spawn(
+        &[],
+        &[
+            ("TCPIE_BURST", "0"),
+            ("TCPIE_WORKERS", "2"),
+            ("TCPIE_READ_TIMEOUT_MS", "3000"),
+        ],
+    );
+    let addr = tcpie.tcp;
+    const SLOW: usize = 2000;
+    // Each slow client sends one header byte every 500 ms and never finishes its head.
+    let slow: Vec<_> = (0..SLOW)
+        .map(|_| {
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let stream = TcpStream::connect(addr).await.unwrap();
+                let (mut reader, mut writer) = stream.into_split();
+                let trickle = tokio::spawn(async move {
+                    for b in b"GET / HTTP/1.1\r\nHost: slowloris\r\nX-Padding: aaaaaaaaaaaaaaaaaaaa"
+                    {
+                        if writer.write_all(&[*b]).await.is_err() {
+                            return;
+                        }
+                        sleep(Duration::from_millis(500)).await;
+                    }
+                });
+                let mut answer = Vec::new();
+                let read = timeout(Duration::from_secs(15), reader.read_to_end(&mut answer)).await;
+                trickle.abort();
+                assert!(read.is_ok(), "a slow connection was never ended");
+                let status = parse_reply(answer).ok().map(|r| r.status);
+                (started.elapsed(), status)
+            })
+        })
+        .collect();
+
+    // Meanwhile: a normal client, and a watch on the busy workers.
+    sleep(Duration::from_millis(300)).await;
+    let max_busy = Arc::new(AtomicU64::new(0));
+    let watching = Arc::new(AtomicUsize::new(1));
+    let watcher = {
+        let (max_busy, watching, admin) = (max_busy.clone(), watching.clone(), tcpie.admin);
+        tokio::spawn(async move {
+            while watching.load(Ordering::Relaxed) == 1 {
+                let reply = request(
+                    admin,
+                    b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+                )
+                .await
+                .unwrap();
+                let busy = metric_value(&reply.body_text(), "tcpie_workers_busy").unwrap() as u64;
+                max_busy.fetch_max(busy, Ordering::Relaxed);
+                sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let mut latencies = Vec::new();
+    for _ in 0..100 {
+        let started = Instant::now();
+        assert_eq!(request(addr, GET).await.unwrap().status, 200);
+        latencies.push(started.elapsed());
+        sleep(Duration::from_millis(15)).await;
+    }
+    watching.store(0, Ordering::Relaxed);
+    watcher.await.unwrap();
+    let p99 = percentile(latencies, 0.99);
+    assert!(
+        p99 < Duration::from_millis(50),
+        "normal p99 {p99:?} under slowloris"
+    );
+    // The normal client runs one request at a time: a slow connection holding a worker
+    // would have shown as a second busy worker.
+    assert!(
+        max_busy.load(Ordering::Relaxed) <= 1,
+        "busy workers reached {}",
+        max_busy.load(Ordering::Relaxed)
+    );
+
+    for s in slow {
+        let (took, status) = s.await.unwrap();
+        assert!(matches!(status, Some(408) | None), "{status:?}");
+        assert!(
+            took >= Duration::from_millis(2900) && took < Duration::from_secs(8),
+            "{took:?}"
+        );
+    }
+    let (_, text) = tcpie.admin("/metrics").await;
+    assert_eq!(
+        metric_value(&text, "tcpie_requests_total{outcome=\"read_timeout\"}"),
+        Some(SLOW as f64)
+    );
+    assert_eq!(
+        metric_value(&text, "tcpie_requests_total{outcome=\"processed\"}"),
+        Some(100.0)
+    );
+    tcpie.signal("TERM");
+    assert_eq!(
+        tcpie.wait_exit(Duration::from_secs(15)).await.code(),
+        Some(0)
+    );
+    assert_balanced(&tcpie.log.lock().unwrap());
+}
+
+/// Checks the final counters the server logs at exit: every accepted connection ended
+/// as exactly one request outcome or as closed before a request.
+fn assert_balanced(log: &str) -> (u64, u64, u64) {
+    let line = log
+        .lines()
+        .find(|l| l.contains("shutdown: complete"))
+        .unwrap_or_else(|| panic!("{log}"));
+    let field = |name: &str| -> u64 {
+        let start = line
+            .find(&format!(" {name}="))
+            .unwrap_or_else(|| panic!("{name} in {line}"))
+            + name.len()
+            + 2;
+        line[start..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let (accepted, requests, before) = (
+        field("accepted"),
+        field("requests"),
+        field("closed_before_request"),
+    );
+    assert_eq!(accepted, requests + before, "{line}");
+    (accepted, requests, field("write_error"))
+}
+
+/// Answers /big with a body far larger than any socket buffer.
+struct Big(Bytes);
+
+impl Handler for Big {
+    async fn handle(&self, request: &Request) -> Response {
+        if request.path() == "/big" {
+            Response::text(200, self.0.clone())
+        } else {
+            Response::text(200, "small\n")
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_readers_free_their_workers_at_the_write_deadline() {
+    let server = start_with(
+        tcpie::Config {
+            workers: 4,
+            write_timeout_ms: 500,
+            ..config()
+        },
+        Big(Bytes::from(vec![b'x'; 32 << 20])),
+    )
+    .await;
+    let started = Instant::now();
+    // Two clients ask for the big answer and never read it.
+    let mut readers = Vec::new();
+    for _ in 0..2 {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut stream = socket.connect(server.addr).await.unwrap();
+        stream
+            .write_all(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        readers.push(stream);
+    }
+    server.wait_admitted(2).await;
+    // Normal clients are unaffected meanwhile.
+    let mut latencies = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        assert_eq!(server.get("/").await.status, 200);
+        latencies.push(t.elapsed());
+    }
+    assert!(percentile(latencies, 0.99) < Duration::from_millis(100));
+    // Both workers are freed at the write deadline, and the outcome says why.
+    loop {
+        let errors = server
+            .metric("tcpie_requests_total{outcome=\"write_error\"}")
+            .await;
+        if errors == 2.0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "write errors: {errors}"
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(server.metric("tcpie_workers_busy").await, 0.0);
+    drop(readers);
+    sleep(Duration::from_millis(200)).await;
+    server.assert_conservation().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_cap_holds_against_five_times_as_many_clients() {
+    let server = start_with(
+        tcpie::Config {
+            max_connections: 100,
+            workers: 4,
+            queue_size: 1000,
+            simulated_work_ms: 5,
+            ..config()
+        },
+        tcpie::Hello,
+    )
+    .await;
+    let (admin, addr) = (server.admin, server.addr);
+    let watching = Arc::new(AtomicUsize::new(1));
+    let max_open = Arc::new(AtomicU64::new(0));
+    let watcher = {
+        let (watching, max_open) = (watching.clone(), max_open.clone());
+        tokio::spawn(async move {
+            while watching.load(Ordering::Relaxed) == 1 {
+                let reply = request(
+                    admin,
+                    b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+                )
+                .await
+                .unwrap();
+                let open =
+                    metric_value(&reply.body_text(), "tcpie_connections_open").unwrap() as u64;
+                max_open.fetch_max(open, Ordering::Relaxed);
+                sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    let clients: Vec<_> = (0..500)
+        .map(|_| tokio::spawn(async move { request(addr, GET).await }))
+        .collect();
+    let mut answered = 0;
+    for c in clients {
+        match c.await.unwrap() {
+            Ok(reply) => {
+                assert!(
+                    reply.status == 200 || reply.status == 503,
+                    "{}",
+                    reply.status
+                );
+                answered += 1;
+            }
+            // A clean close (no bytes) is allowed; a reset or a truncated answer is not.
+            Err(e) => panic!("a client got {e}"),
+        }
+    }
+    watching.store(0, Ordering::Relaxed);
+    watcher.await.unwrap();
+    assert_eq!(answered, 500);
+    let max_open = max_open.load(Ordering::Relaxed);
+    assert!(max_open <= 100, "{max_open} connections open at once");
+    assert!(
+        max_open >= 50,
+        "the cap was never approached ({max_open}): the test proves nothing"
+    );
+    server.assert_conservation().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_under_load_answers_everything_read_and_balances_the_counters() {
+    let mut tcpie = spawn(
+        &[],
+        &[
+            ("TCPIE_BURST", "0"),
+            ("TCPIE_WORKERS", "2"),
+            ("TCPIE_QUEUE_SIZE", "16"),
+            ("TCPIE_SIMULATED_WORK_MS", "10"),
+            ("TCPIE_SHUTDOWN_TIMEOUT_MS", "5000"),
+        ],
+    );
+    let addr = tcpie.tcp;
+    let complete = Arc::new(AtomicU64::new(0));
+    let never_answered = Arc::new(AtomicU64::new(0));
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let (complete, never_answered) = (complete.clone(), never_answered.clone());
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let mut refused_since: Option<Instant> = None;
+                // Bounded: until the server has refused connections for 300 ms, or 20 s.
+                while started.elapsed() < Duration::from_secs(20) {
+                    let Ok(mut stream) = TcpStream::connect(addr).await else {
+                        let since = *refused_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() > Duration::from_millis(300) {
+                            return;
+                        }
+                        sleep(Duration::from_millis(10)).await;
+                        continue;
+                    };
+                    refused_since = None;
+                    if stream.write_all(GET).await.is_err() {
+                        never_answered.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    let mut raw = Vec::new();
+                    match stream.read_to_end(&mut raw).await {
+                        Ok(_) if raw.is_empty() => {
+                            never_answered.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(_) => {
+                            let reply = parse_reply(raw).expect("a complete, well-formed answer");
+                            assert!(
+                                reply.status == 200 || reply.status == 503,
+                                "{}",
+                                reply.status
+                            );
+                            complete.fetch_add(1, Ordering::Relaxed);
+                        }
+                        // A reset with nothing received: a connection still in the kernel's
+                        // backlog when the listener closed, which the server never read.
+                        Err(_) if raw.is_empty() => {
+                            never_answered.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => panic!("truncated answer: {e} after {} bytes", raw.len()),
+                    }
+                }
+            })
+        })
+        .collect();
+    sleep(Duration::from_millis(1500)).await;
+    let stopped = Instant::now();
+    tcpie.signal("TERM");
+    let status = tcpie.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(0));
+    assert!(stopped.elapsed() < Duration::from_secs(7));
+    for c in clients {
+        c.await.unwrap();
+    }
+    let (accepted, requests, write_errors) = assert_balanced(&tcpie.log.lock().unwrap());
+    assert_eq!(write_errors, 0);
+    // Every request the server read was answered completely, and seen by its client.
+    assert_eq!(complete.load(Ordering::Relaxed), requests);
+    assert!(
+        requests > 50,
+        "too little load to prove anything: {requests}"
+    );
+    assert!(accepted >= requests);
+}

@@ -1,0 +1,188 @@
+//! Property tests: arbitrary bytes sent as a request never break the server, and
+//! arbitrary values in every `TCPIE_*` (and `OTEL_*`) variable either configure it or
+//! give the clear configuration error, never a panic.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{config, parse_reply, start};
+use proptest::prelude::*;
+use tcpie::config::variable_names;
+use tcpie::telemetry::TraceSettings;
+use tcpie::{Config, ConfigError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Statuses TCPie may answer a request with.
+const DEFINED: &[u16] = &[200, 400, 408, 411, 413, 429, 431, 503];
+
+/// Requests from a valid one with random damage, and plain random bytes.
+fn request_bytes() -> impl Strategy<Value = Vec<u8>> {
+    let valid =
+        b"POST /p?q=1 HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nX-A: b\r\n\r\nabc".to_vec();
+    let damaged = (
+        proptest::collection::vec((0..valid.len(), any::<u8>()), 0..6),
+        0..=valid.len(),
+    )
+        .prop_map(move |(edits, cut)| {
+            let mut v = valid.clone();
+            for (at, byte) in edits {
+                v[at] = byte;
+            }
+            v.truncate(cut.max(1));
+            v
+        });
+    prop_oneof![damaged, proptest::collection::vec(any::<u8>(), 0..2048)]
+}
+
+#[test]
+fn arbitrary_bytes_get_a_defined_answer_or_a_clean_close() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = rt.block_on(start(tcpie::Config {
+        read_timeout_ms: 300,
+        max_header_bytes: 1024,
+        workers: 4,
+        ..config()
+    }));
+    let addr = server.addr;
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 300,
+        ..ProptestConfig::default()
+    });
+    runner
+        .run(&request_bytes(), |bytes| {
+            let answer: Vec<u8> = rt
+                .block_on(async {
+                    let mut stream = TcpStream::connect(addr).await.unwrap();
+                    // The server may answer (and close) before reading everything: ignore
+                    // write errors, the answer is what counts.
+                    let _ = stream.write_all(&bytes).await;
+                    let _ = stream.shutdown().await;
+                    let mut answer = Vec::new();
+                    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+                        .await
+                        .expect("the server neither answered nor closed")
+                        .map(|_| answer)
+                        .map_err(|e| format!("{e}"))
+                })
+                .map_err(|e| TestCaseError::fail(format!("reset instead of an answer: {e}")))?;
+            if !answer.is_empty() {
+                let reply = parse_reply(answer).map_err(|e| TestCaseError::fail(format!("{e}")))?;
+                prop_assert!(DEFINED.contains(&reply.status), "status {}", reply.status);
+                let connection = reply.header("connection");
+                prop_assert_eq!(connection.as_deref(), Some("close"));
+            }
+            Ok(())
+        })
+        .unwrap();
+    // Still serving, and every connection accounted for.
+    rt.block_on(async {
+        assert_eq!(server.get("/").await.status, 200);
+        server.assert_conservation().await;
+    });
+}
+
+fn any_value() -> impl Strategy<Value = String> {
+    prop_oneof![
+        any::<String>(),
+        "-?[0-9]{0,25}(\\.[0-9]{0,5})?",
+        Just(String::new()),
+        Just("NaN".to_string()),
+        Just("inf".to_string()),
+        Just("18446744073709551616".to_string()),
+        "(text|json|TEXT|true|false|grpc|http/protobuf|::|0\\.0\\.0\\.0)",
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn arbitrary_tcpie_values_configure_or_explain(
+        values in proptest::collection::vec((0..17usize, any_value()), 0..8),
+        unknown in proptest::option::of("TCPIE_[A-Z_]{1,12}"),
+    ) {
+        let names: Vec<String> = variable_names().collect();
+        let mut vars: Vec<(String, String)> =
+            values.into_iter().map(|(i, v)| (names[i].clone(), v)).collect();
+        if let Some(u) = unknown {
+            vars.push((u, "1".to_string()));
+        }
+        match Config::from_vars(vars.clone()) {
+            Ok(config) => prop_assert!(config.validate().is_ok()),
+            Err(errors) => {
+                prop_assert!(!errors.0.is_empty());
+                for e in &errors.0 {
+                    match e {
+                        ConfigError::Unknown { name, hint } => {
+                            prop_assert!(vars.iter().any(|(k, _)| k == name));
+                            prop_assert!(hint.contains("TCPIE_"));
+                        }
+                        ConfigError::Invalid { name, expected, .. } => {
+                            prop_assert!(vars.iter().any(|(k, _)| k == name), "{} not given", name);
+                            prop_assert!(!expected.is_empty());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn arbitrary_otel_values_configure_or_explain(
+        values in proptest::collection::vec((0..10usize, any_value()), 0..6),
+    ) {
+        const OTEL: [&str; 10] = [
+            "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES",
+            "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG", "OTEL_SDK_DISABLED",
+            "OTEL_BSP_SCHEDULE_DELAY", "OTEL_EXPORTER_OTLP_TIMEOUT",
+        ];
+        let vars: Vec<(String, String)> = values.into_iter().map(|(i, v)| (OTEL[i].to_string(), v)).collect();
+        if let Err(errors) = TraceSettings::from_vars(vars.clone()) {
+            for e in &errors.0 {
+                let ConfigError::Invalid { name, .. } = e else { panic!("{e}") };
+                prop_assert!(vars.iter().any(|(k, _)| k == name));
+            }
+        }
+    }
+}
+
+#[test]
+fn the_binary_starts_or_explains_for_arbitrary_values() {
+    use proptest::strategy::ValueTree;
+    let names: Vec<String> = variable_names().collect();
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    for _ in 0..24 {
+        let (index, value) = (0..names.len(), any_value())
+            .new_tree(&mut runner)
+            .unwrap()
+            .current();
+        let name = &names[index];
+        if ["TCPIE_HOST", "TCPIE_PORT", "TCPIE_ADMIN_PORT"].contains(&name.as_str())
+            || value.contains('\0')
+        {
+            continue;
+        }
+        // `--version` would not read the configuration; the healthcheck does, then fails
+        // to connect (exit 1) or refuses the configuration (exit 1 with the message).
+        let out = common::process::command(&[(name.as_str(), value.as_str())])
+            .env("TCPIE_ADMIN_PORT", "1")
+            .arg("healthcheck")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}={value:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{name}={value:?}: {stderr}");
+        assert!(
+            stderr.contains("unhealthy") || stderr.contains(&format!("{name}=")),
+            "{name}={value:?}: {stderr}"
+        );
+    }
+}
