@@ -19,14 +19,19 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+/// The slowest refill: one token every 10^15 ns (about 11.6 days). Rates below it (and
+/// invalid ones, which the configuration refuses anyway) are clamped to it.
+const MAX_INTERVAL_NS: u64 = 1_000_000_000_000_000;
+
 /// A token bucket shared by all connections.
 #[derive(Debug)]
 pub struct TokenBucket {
     origin: Instant,
     /// Nanoseconds per token: 1 / rate.
     interval_ns: u64,
-    /// How far ahead of now the TAT may run: burst × interval.
-    tolerance_ns: u64,
+    /// How far ahead of now the TAT may run: burst × interval (u128: it must not
+    /// saturate, or a huge interval would mean "always a token").
+    tolerance_ns: u128,
     burst: u32,
     /// Theoretical arrival time, nanoseconds since `origin`.
     tat_ns: AtomicU64,
@@ -41,15 +46,16 @@ impl TokenBucket {
         let interval = if rate_per_second.is_finite() && rate_per_second > 0.0 {
             (1e9 / rate_per_second).round()
         } else {
-            u64::MAX as f64
+            MAX_INTERVAL_NS as f64
         };
-        // `as` saturates for floats, and an interval of 0 would mean "no limit".
-        let interval_ns = (interval as u64).max(1);
+        // `as` saturates for floats; an interval of 0 would mean "no limit", and one near
+        // u64::MAX would push the TAT past what a u64 holds.
+        let interval_ns = (interval as u64).clamp(1, MAX_INTERVAL_NS);
         let burst = burst.max(1);
         TokenBucket {
             origin: now,
             interval_ns,
-            tolerance_ns: interval_ns.saturating_mul(u64::from(burst)),
+            tolerance_ns: u128::from(interval_ns) * u128::from(burst),
             burst,
             tat_ns: AtomicU64::new(0),
         }
@@ -64,11 +70,16 @@ impl TokenBucket {
         let now_ns = self.since_origin(now);
         let mut tat = self.tat_ns.load(Ordering::Relaxed);
         loop {
-            let next = tat.max(now_ns).saturating_add(self.interval_ns);
-            let ahead = next - now_ns;
+            let next = u128::from(tat.max(now_ns)) + u128::from(self.interval_ns);
+            let ahead = next - u128::from(now_ns);
             if ahead > self.tolerance_ns {
-                return Err(Duration::from_nanos(ahead - self.tolerance_ns));
+                let wait = u64::try_from(ahead - self.tolerance_ns).unwrap_or(u64::MAX);
+                return Err(Duration::from_nanos(wait));
             }
+            // A TAT beyond u64 is centuries away: no token until then.
+            let Ok(next) = u64::try_from(next) else {
+                return Err(Duration::from_nanos(u64::MAX));
+            };
             match self
                 .tat_ns
                 .compare_exchange_weak(tat, next, Ordering::Relaxed, Ordering::Relaxed)
@@ -83,7 +94,8 @@ impl TokenBucket {
     pub fn available(&self, now: Instant) -> f64 {
         let now_ns = self.since_origin(now);
         let debt = self.tat_ns.load(Ordering::Relaxed).saturating_sub(now_ns);
-        let tokens = (self.tolerance_ns.saturating_sub(debt)) as f64 / self.interval_ns as f64;
+        let tokens =
+            (self.tolerance_ns.saturating_sub(u128::from(debt))) as f64 / self.interval_ns as f64;
         tokens.clamp(0.0, f64::from(self.burst))
     }
 
@@ -227,6 +239,21 @@ mod tests {
             .collect();
         let total: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
         assert_eq!(total, 1000);
+    }
+
+    #[test]
+    fn an_invalid_rate_never_refills_and_never_floods() {
+        // Found by the admission fuzzer: a rate of 0 made the interval saturate, and the
+        // saturated arithmetic then admitted everything.
+        let now = Instant::now();
+        for rate in [0.0, -1.0, f64::NAN, 1e-300] {
+            let bucket = TokenBucket::new(rate, 4, now);
+            let later = now + Duration::from_secs(86_400 * 365);
+            let admitted = (0..100)
+                .filter(|_| bucket.try_acquire(later).is_ok())
+                .count();
+            assert_eq!(admitted, 4, "rate {rate}");
+        }
     }
 
     #[test]
