@@ -70,6 +70,12 @@ pub struct Config {
     pub shutdown_timeout_ms: u64,
     /// `text` or `json`.
     pub log_format: LogFormat,
+    /// Keep HTTP/1.1 connections open for further requests (off: one request each).
+    pub keep_alive: bool,
+    /// With keep-alive, how long a connection may wait for its next request.
+    pub keep_alive_idle_ms: u64,
+    /// With keep-alive, the most requests one connection may carry.
+    pub max_requests_per_connection: u64,
 }
 
 impl Default for Config {
@@ -92,6 +98,9 @@ impl Default for Config {
             shutdown_delay_ms: 0,
             shutdown_timeout_ms: 10_000,
             log_format: LogFormat::Text,
+            keep_alive: false,
+            keep_alive_idle_ms: 5000,
+            max_requests_per_connection: 1000,
         }
     }
 }
@@ -173,6 +182,18 @@ const VARS: &[Var] = &[
     Var {
         field: "log_format",
         expected: "text or json",
+    },
+    Var {
+        field: "keep_alive",
+        expected: "true or false",
+    },
+    Var {
+        field: "keep_alive_idle_ms",
+        expected: "milliseconds from 1 to 3600000",
+    },
+    Var {
+        field: "max_requests_per_connection",
+        expected: "a whole number from 1 to 1000000",
     },
 ];
 
@@ -375,11 +396,25 @@ impl Config {
             "shutdown_timeout_ms",
             self.shutdown_timeout_ms.to_string(),
         );
+        check(
+            (1..=MAX_MS).contains(&self.keep_alive_idle_ms),
+            "keep_alive_idle_ms",
+            self.keep_alive_idle_ms.to_string(),
+        );
+        check(
+            (1..=1_000_000).contains(&self.max_requests_per_connection),
+            "max_requests_per_connection",
+            self.max_requests_per_connection.to_string(),
+        );
         if errors.is_empty() {
             Ok(())
         } else {
             Err(ConfigErrors(errors))
         }
+    }
+
+    pub fn keep_alive_idle(&self) -> Duration {
+        Duration::from_millis(self.keep_alive_idle_ms)
     }
 
     /// Requests being processed plus requests waiting: the most admitted at once.
@@ -422,7 +457,8 @@ impl Config {
             "host={} port={} admin_port={} workers={} queue_size={} rate_per_second={} burst={} \
              read_timeout_ms={} write_timeout_ms={} max_connections={} max_header_bytes={} \
              simulated_work_ms={} ready_queue_threshold={} liveness_stall_ms={} \
-             shutdown_delay_ms={} shutdown_timeout_ms={} log_format={}",
+             shutdown_delay_ms={} shutdown_timeout_ms={} log_format={} keep_alive={} \
+             keep_alive_idle_ms={} max_requests_per_connection={}",
             self.host,
             self.port,
             self.admin_port,
@@ -443,6 +479,9 @@ impl Config {
                 LogFormat::Text => "text",
                 LogFormat::Json => "json",
             },
+            self.keep_alive,
+            self.keep_alive_idle_ms,
+            self.max_requests_per_connection,
         )
     }
 }
@@ -555,6 +594,9 @@ mod tests {
             ("TCPIE_SHUTDOWN_DELAY_MS", "60"),
             ("TCPIE_SHUTDOWN_TIMEOUT_MS", "70"),
             ("TCPIE_LOG_FORMAT", "json"),
+            ("TCPIE_KEEP_ALIVE", "true"),
+            ("TCPIE_KEEP_ALIVE_IDLE_MS", "80"),
+            ("TCPIE_MAX_REQUESTS_PER_CONNECTION", "90"),
             ("PATH", "/bin"),
         ])
         .unwrap();
@@ -579,13 +621,18 @@ mod tests {
             (50, 60, 70)
         );
         assert_eq!(c.log_format, LogFormat::Json);
+        assert!(c.keep_alive);
+        assert_eq!(
+            (c.keep_alive_idle_ms, c.max_requests_per_connection),
+            (80, 90)
+        );
         assert!(!c.rate_limited());
     }
 
     #[test]
     fn every_variable_is_listed_once() {
         let names: Vec<String> = variable_names().collect();
-        assert_eq!(names.len(), 17);
+        assert_eq!(names.len(), 20);
         let mut sorted = names.clone();
         sorted.sort();
         sorted.dedup();

@@ -17,6 +17,7 @@ pub struct Request {
     method: std::ops::Range<usize>,
     path: std::ops::Range<usize>,
     minor_version: u8,
+    pub(crate) wants_keep_alive: bool,
 }
 
 impl Request {
@@ -26,6 +27,7 @@ impl Request {
             method: parsed.method.clone(),
             path: parsed.path.clone(),
             minor_version: parsed.minor_version,
+            wants_keep_alive: parsed.keep_alive,
         }
     }
 

@@ -52,6 +52,9 @@ pub struct Head {
     pub content_length: u64,
     /// The client asked for `100 Continue` before sending its body.
     pub expect_continue: bool,
+    /// The client asked to keep the connection open: HTTP/1.1 without
+    /// `Connection: close`, or HTTP/1.0 with `Connection: keep-alive`.
+    pub keep_alive: bool,
 }
 
 /// Parses a request head from the start of `buf`.
@@ -81,6 +84,7 @@ pub fn parse_head(buf: &[u8], max_head: usize) -> Result<Parsed, Reject> {
     let mut content_length: Option<u64> = None;
     let mut has_host = false;
     let mut expect_continue = false;
+    let (mut close, mut keep_alive) = (false, false);
     for h in req.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
             let n = parse_content_length(h.value).ok_or(Reject::BadRequest)?;
@@ -93,6 +97,11 @@ pub fn parse_head(buf: &[u8], max_head: usize) -> Result<Parsed, Reject> {
             return Err(Reject::LengthRequired);
         } else if h.name.eq_ignore_ascii_case("host") {
             has_host = true;
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            for token in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
         } else if h.name.eq_ignore_ascii_case("expect") {
             if h.value.eq_ignore_ascii_case(b"100-continue") {
                 expect_continue = true;
@@ -122,6 +131,7 @@ pub fn parse_head(buf: &[u8], max_head: usize) -> Result<Parsed, Reject> {
         minor_version,
         content_length,
         expect_continue,
+        keep_alive: !close && (minor_version == 1 || keep_alive),
     }))
 }
 
@@ -155,7 +165,8 @@ pub fn reason(status: u16) -> &'static str {
     }
 }
 
-/// Writes a complete `Connection: close` response into `out` (cleared first).
+/// Writes a complete response into `out` (cleared first), with `Connection: close`
+/// unless `keep_alive`.
 ///
 /// `retry_after` adds a `Retry-After` header in whole seconds.
 pub fn write_response(
@@ -163,6 +174,7 @@ pub fn write_response(
     status: u16,
     content_type: &str,
     retry_after: Option<u64>,
+    keep_alive: bool,
     body: &[u8],
 ) {
     out.clear();
@@ -176,7 +188,11 @@ pub fn write_response(
     if let Some(secs) = retry_after {
         let _ = write!(out, "Retry-After: {secs}\r\n");
     }
-    out.extend_from_slice(b"Connection: close\r\n\r\n");
+    out.extend_from_slice(if keep_alive {
+        b"Connection: keep-alive\r\n\r\n"
+    } else {
+        b"Connection: close\r\n\r\n"
+    });
     out.extend_from_slice(body);
 }
 
@@ -186,7 +202,14 @@ pub const HELLO_BODY: &[u8] = b"Hello world !\n";
 /// A response ready to be written, built at start so rejections cost no formatting.
 pub fn prebuilt(status: u16, retry_after: Option<u64>, body: &str) -> Bytes {
     let mut out = Vec::with_capacity(128 + body.len());
-    write_response(&mut out, status, "text/plain", retry_after, body.as_bytes());
+    write_response(
+        &mut out,
+        status,
+        "text/plain",
+        retry_after,
+        false,
+        body.as_bytes(),
+    );
     Bytes::from(out)
 }
 
@@ -244,6 +267,15 @@ mod tests {
     }
 
     #[test]
+    fn keep_alive_follows_the_version_and_the_connection_header() {
+        assert!(head(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").keep_alive);
+        assert!(!head(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").keep_alive);
+        assert!(!head(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: TE, Close\r\n\r\n").keep_alive);
+        assert!(!head(b"GET / HTTP/1.0\r\n\r\n").keep_alive);
+        assert!(head(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").keep_alive);
+    }
+
+    #[test]
     fn bodies_have_one_known_length() {
         let h =
             head(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\ncontent-length: 5\r\n\r\n");
@@ -289,7 +321,7 @@ mod tests {
     #[test]
     fn responses_are_exact() {
         let mut out = Vec::new();
-        write_response(&mut out, 200, "text/plain", None, HELLO_BODY);
+        write_response(&mut out, 200, "text/plain", None, false, HELLO_BODY);
         assert_eq!(
             out,
             b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 14\r\n\

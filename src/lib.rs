@@ -123,6 +123,7 @@ pub async fn run<H: Handler>(
 
     stop_accepting.cancel();
     let _ = accept.await;
+    core.draining.cancel();
     connections.close();
     let drain = core.config.shutdown_timeout();
     tracing::info!(

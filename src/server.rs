@@ -61,6 +61,8 @@ pub(crate) struct Core {
     pub shutting_down: AtomicBool,
     /// Fired when the drain deadline passes: whatever is left is answered 503.
     pub hard_stop: CancellationToken,
+    /// Fired when the listener closes: idle kept-alive connections close then.
+    pub draining: CancellationToken,
     next_connection_id: AtomicU64,
     responses: Responses,
     /// The TCP port, for the `server.port` span attribute.
@@ -123,6 +125,7 @@ impl Core {
             config,
             shutting_down: AtomicBool::new(false),
             hard_stop: CancellationToken::new(),
+            draining: CancellationToken::new(),
             next_connection_id: AtomicU64::new(0),
             responses: Responses::new(),
             server_port,
@@ -157,6 +160,8 @@ pub(crate) struct Job {
     span: RequestSpan,
     /// Ends when a worker takes the job.
     queue_span: tracing::Span,
+    /// Answer with `Connection: keep-alive` rather than `close`.
+    keep_alive: bool,
 }
 
 /// An accepted connection and the buffer its requests are read into.
@@ -271,82 +276,129 @@ enum Read {
     Rejected(Reject),
     TimedOut,
     Stopped,
+    /// A kept-alive connection stayed idle, or the server is draining: close it quietly.
+    Idle,
 }
 
+/// Serves one connection: one request, or with keep-alive as many as it may carry.
 async fn serve_connection(core: Arc<Core>, mut conn: Conn) {
-    let started = Instant::now();
-    let deadline = started + core.config.read_timeout();
-    let mut read = tokio::select! {
-        biased;
-        _ = core.hard_stop.cancelled() => Read::Stopped,
-        read = timeout_at(deadline, first_bytes(&mut conn, &core.config)) => {
-            read.unwrap_or(Read::TimedOut)
-        }
-    };
-    // The request, and its span, begin with its first bytes: a connection closed without
-    // sending anything (a port scan, a TCP probe) is no request.
-    let span = match read {
-        Read::Closed => None,
-        _ => Some(RequestSpan::new(conn.peer, core.server_port, conn.id)),
-    };
-    if let Read::Started = read {
-        read = tokio::select! {
-            biased;
-            _ = core.hard_stop.cancelled() => Read::Stopped,
-            read = timeout_at(deadline, read_request(&mut conn, &core.config)) => {
-                read.unwrap_or(Read::TimedOut)
+    let accepted = Instant::now();
+    let mut served: u64 = 0;
+    let conn = loop {
+        let first = served == 0;
+        // The first request's head has an absolute deadline from the accept; a kept-alive
+        // connection may idle up to its idle time, then its head gets the read deadline.
+        let wait_until = if first {
+            accepted + core.config.read_timeout()
+        } else {
+            Instant::now() + core.config.keep_alive_idle()
+        };
+        let mut read = if !conn.buf.is_empty() {
+            // A pipelined request is already (partly) in the buffer.
+            Read::Started
+        } else {
+            tokio::select! {
+                biased;
+                _ = core.hard_stop.cancelled() => if first { Read::Stopped } else { Read::Idle },
+                _ = core.draining.cancelled(), if !first => Read::Idle,
+                read = timeout_at(wait_until, first_bytes(&mut conn, &core.config)) => {
+                    read.unwrap_or(if first { Read::TimedOut } else { Read::Idle })
+                }
             }
         };
-    }
-    let responses = &core.responses;
-    let (conn, ended) = match (read, &span) {
-        (Read::Request(request), Some(span)) => {
-            span.request(&request);
-            admit(&core, conn, request, span).await
+        if !first && matches!(read, Read::Closed | Read::Idle) {
+            break Some(conn);
         }
-        (Read::Closed, _) | (Read::Started, _) | (Read::Request(_), None) => (Some(conn), None),
-        (Read::TimedOut, _) => {
-            respond(&core, &mut conn, &responses.read_timeout).await;
-            (Some(conn), Some((Outcome::ReadTimeout, 408)))
-        }
-        (Read::Stopped, _) => {
-            respond(&core, &mut conn, &responses.shutting_down).await;
-            (Some(conn), Some((Outcome::ShuttingDown, 503)))
-        }
-        (Read::Rejected(reject), _) => {
-            let (response, outcome, status) = match reject {
-                Reject::BadRequest => (&responses.bad_request, Outcome::BadRequest, 400),
-                Reject::LengthRequired => (&responses.length_required, Outcome::BadRequest, 411),
-                Reject::PayloadTooLarge => (&responses.payload_too_large, Outcome::BadRequest, 413),
-                Reject::HeaderTooLarge => {
-                    (&responses.header_too_large, Outcome::HeaderTooLarge, 431)
+        let started = if first { accepted } else { Instant::now() };
+        let deadline = if first {
+            wait_until
+        } else {
+            started + core.config.read_timeout()
+        };
+        // The request, and its span, begin with its first bytes: a connection closed
+        // without sending anything (a port scan, a TCP probe) is no request.
+        let span = match read {
+            Read::Closed => None,
+            _ => Some(RequestSpan::new(conn.peer, core.server_port, conn.id)),
+        };
+        if let Read::Started = read {
+            read = tokio::select! {
+                biased;
+                _ = core.hard_stop.cancelled() => Read::Stopped,
+                read = timeout_at(deadline, read_request(&mut conn, &core.config)) => {
+                    read.unwrap_or(Read::TimedOut)
                 }
             };
-            respond(&core, &mut conn, response).await;
-            (Some(conn), Some((outcome, status)))
+        }
+        let mut keep = false;
+        let responses = &core.responses;
+        let (conn_back, ended) = match (read, &span) {
+            (Read::Request(request), Some(span)) => {
+                span.request(&request);
+                // Each request on a kept-alive connection is admitted on its own; one that
+                // is rejected, the last one allowed, or one during shutdown closes it.
+                keep = core.config.keep_alive
+                    && request.wants_keep_alive
+                    && served + 1 < core.config.max_requests_per_connection
+                    && !core.shutting_down.load(Ordering::Acquire);
+                admit(&core, conn, request, span, keep).await
+            }
+            (Read::Closed | Read::Started | Read::Idle, _) | (Read::Request(_), None) => {
+                (Some(conn), None)
+            }
+            (Read::TimedOut, _) => {
+                respond(&core, &mut conn, &responses.read_timeout).await;
+                (Some(conn), Some((Outcome::ReadTimeout, 408)))
+            }
+            (Read::Stopped, _) => {
+                respond(&core, &mut conn, &responses.shutting_down).await;
+                (Some(conn), Some((Outcome::ShuttingDown, 503)))
+            }
+            (Read::Rejected(reject), _) => {
+                let (response, outcome, status) = match reject {
+                    Reject::BadRequest => (&responses.bad_request, Outcome::BadRequest, 400),
+                    Reject::LengthRequired => {
+                        (&responses.length_required, Outcome::BadRequest, 411)
+                    }
+                    Reject::PayloadTooLarge => {
+                        (&responses.payload_too_large, Outcome::BadRequest, 413)
+                    }
+                    Reject::HeaderTooLarge => {
+                        (&responses.header_too_large, Outcome::HeaderTooLarge, 431)
+                    }
+                };
+                respond(&core, &mut conn, response).await;
+                (Some(conn), Some((outcome, status)))
+            }
+        };
+        match ended {
+            Some((outcome, status)) => {
+                if outcome == Outcome::Processed {
+                    core.metrics
+                        .request_duration
+                        .observe(started.elapsed().as_secs_f64());
+                }
+                core.metrics.record(outcome);
+                if let Some(span) = &span {
+                    span.finish(outcome, Some(status));
+                }
+                keep &= outcome == Outcome::Processed;
+            }
+            None => {
+                if first {
+                    core.metrics.connections_closed_before_request.inc();
+                }
+                if let Some(span) = &span {
+                    span.closed_early();
+                }
+            }
+        }
+        served += 1;
+        match conn_back {
+            Some(back) if keep => conn = back,
+            other => break other,
         }
     };
-    match ended {
-        Some((outcome, status)) => {
-            if outcome == Outcome::Processed {
-                core.metrics
-                    .request_duration
-                    .observe(started.elapsed().as_secs_f64());
-            }
-            core.metrics.record(outcome);
-            if let Some(span) = &span {
-                span.finish(outcome, Some(status));
-            }
-        }
-        None => {
-            core.metrics.connections_closed_before_request.inc();
-            if let Some(span) = &span {
-                span.closed_early();
-            }
-        }
-    }
-    // The span covers the request up to its response, not the lingering close.
-    drop(span);
     if let Some(conn) = conn {
         close_gracefully(&core, conn).await;
     }
@@ -425,6 +477,7 @@ async fn admit(
     mut conn: Conn,
     request: Request,
     span: &RequestSpan,
+    keep_alive: bool,
 ) -> (Option<Conn>, Option<(Outcome, u16)>) {
     if core.hard_stop.is_cancelled() {
         respond(core, &mut conn, &core.responses.shutting_down).await;
@@ -446,6 +499,7 @@ async fn admit(
         reply,
         span: span.clone(),
         queue_span: span.child("queue"),
+        keep_alive,
     };
     match core.queue.try_submit(job, now) {
         Ok(()) => match answered.await {
@@ -509,6 +563,7 @@ pub(crate) async fn worker<H: Handler>(id: usize, core: Arc<Core>, handler: Arc<
             reply,
             span,
             queue_span,
+            keep_alive,
         } = job;
         drop(queue_span);
         let waited = enqueued.elapsed();
@@ -534,6 +589,7 @@ pub(crate) async fn worker<H: Handler>(id: usize, core: Arc<Core>, handler: Arc<
                             response.status,
                             response.content_type,
                             None,
+                            keep_alive,
                             &response.body,
                         );
                         respond(&core, &mut conn, &out).await

@@ -105,7 +105,7 @@ proptest! {
 
     #[test]
     fn arbitrary_tcpie_values_configure_or_explain(
-        values in proptest::collection::vec((0..17usize, any_value()), 0..8),
+        values in proptest::collection::vec((0..20usize, any_value()), 0..8),
         unknown in proptest::option::of("TCPIE_[A-Z_]{1,12}"),
     ) {
         let names: Vec<String> = variable_names().collect();
