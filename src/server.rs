@@ -217,8 +217,11 @@ pub(crate) async fn accept_loop(
                 backoff = Duration::ZERO;
                 core.metrics.connections_accepted.inc();
                 core.metrics.connections_open.inc();
-                // Responses are written whole; no reason to wait for more to coalesce.
-                let _ = stream.set_nodelay(true);
+                // A response is written whole, so Nagle can only delay the next one on a
+                // kept-alive connection; without keep-alive, skip the system call.
+                if core.config.keep_alive {
+                    let _ = stream.set_nodelay(true);
+                }
                 let conn = Conn {
                     stream,
                     buf: BytesMut::new(),
@@ -527,11 +530,24 @@ async fn respond(core: &Core, conn: &mut Conn, response: &[u8]) -> bool {
     )
 }
 
-/// Sends FIN, then reads until the client closes, so that data the client sent after the
-/// part we read does not make the kernel answer our response with a reset.
+/// Sends FIN, then, if the client may still be sending, reads until it closes, so that
+/// data it sent after the part we read does not make the kernel answer our response with
+/// a reset.
+///
+/// Like nginx's `lingering_close on`, it lingers only when that can matter: when bytes
+/// beyond the request were seen, or some are waiting in the socket. A client that sent
+/// exactly one request (the common case) is closed at once, without another wake-up.
 async fn close_gracefully(core: &Core, mut conn: Conn) {
     if conn.stream.shutdown().await.is_err() {
         return;
+    }
+    if conn.buf.is_empty() {
+        let mut probe = [0u8; 1];
+        match conn.stream.try_read(&mut probe) {
+            Ok(0) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+            _ => {}
+        }
     }
     let deadline = Instant::now() + LINGER;
     let mut discarded = 0;

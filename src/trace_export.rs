@@ -126,9 +126,14 @@ async fn export_loop<E: SpanExporter>(
     dropped: IntCounter,
     stop: CancellationToken,
 ) {
+    let mut sender = Sender {
+        exporter,
+        settings,
+        dropped,
+        last_log: None,
+        failed_since_log: 0,
+    };
     let mut batch: Vec<SpanData> = Vec::with_capacity(settings.max_batch_size);
-    let mut last_log: Option<Instant> = None;
-    let mut failed_since_log = 0u64;
     loop {
         // Wait for a first span, then up to the schedule delay for a full batch.
         let first = tokio::select! {
@@ -150,77 +155,61 @@ async fn export_loop<E: SpanExporter>(
                 Ok(None) | Err(_) => break,
             }
         }
-        export(
-            &exporter,
-            &mut batch,
-            &settings,
-            &dropped,
-            &mut last_log,
-            &mut failed_since_log,
-        )
-        .await;
+        sender.send(&mut batch).await;
     }
     // Stopping: send everything still queued, batch by batch.
     rx.close();
     while let Ok(span) = rx.try_recv() {
         batch.push(span);
         if batch.len() >= settings.max_batch_size {
-            export(
-                &exporter,
-                &mut batch,
-                &settings,
-                &dropped,
-                &mut last_log,
-                &mut failed_since_log,
-            )
-            .await;
+            sender.send(&mut batch).await;
         }
     }
     if !batch.is_empty() {
-        export(
-            &exporter,
-            &mut batch,
-            &settings,
-            &dropped,
-            &mut last_log,
-            &mut failed_since_log,
-        )
-        .await;
+        sender.send(&mut batch).await;
     }
-    let _ = exporter.shutdown();
+    let _ = sender.exporter.shutdown();
 }
 
-async fn export<E: SpanExporter>(
-    exporter: &E,
-    batch: &mut Vec<SpanData>,
-    settings: &BatchSettings,
-    dropped: &IntCounter,
-    last_log: &mut Option<Instant>,
-    failed_since_log: &mut u64,
-) {
-    let spans = std::mem::replace(batch, Vec::with_capacity(settings.max_batch_size));
-    let count = spans.len() as u64;
-    let error = match timeout(settings.export_timeout, exporter.export(spans)).await {
-        Ok(Ok(())) => return,
-        Ok(Err(e)) => e.to_string(),
-        Err(_) => format!(
-            "no answer within {} ms",
-            settings.export_timeout.as_millis()
-        ),
-    };
-    dropped.inc_by(count);
-    *failed_since_log += 1;
-    let now = Instant::now();
-    if last_log.is_none_or(|t| now.duration_since(t) >= LOG_EVERY) {
-        tracing::warn!(
-            %error,
-            spans = count,
-            failed_exports = *failed_since_log,
-            dropped_total = dropped.get(),
-            "exporting spans failed; they were dropped"
-        );
-        *last_log = Some(now);
-        *failed_since_log = 0;
+/// The exporter with what a failed export needs: the drop counter and the log throttle.
+struct Sender<E> {
+    exporter: E,
+    settings: BatchSettings,
+    dropped: IntCounter,
+    last_log: Option<Instant>,
+    failed_since_log: u64,
+}
+
+impl<E: SpanExporter> Sender<E> {
+    /// Exports `batch` (leaving it empty); a failure drops and counts its spans.
+    async fn send(&mut self, batch: &mut Vec<SpanData>) {
+        let spans = std::mem::replace(batch, Vec::with_capacity(self.settings.max_batch_size));
+        let count = spans.len() as u64;
+        let error = match timeout(self.settings.export_timeout, self.exporter.export(spans)).await {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!(
+                "no answer within {} ms",
+                self.settings.export_timeout.as_millis()
+            ),
+        };
+        self.dropped.inc_by(count);
+        self.failed_since_log += 1;
+        let now = Instant::now();
+        if self
+            .last_log
+            .is_none_or(|t| now.duration_since(t) >= LOG_EVERY)
+        {
+            tracing::warn!(
+                %error,
+                spans = count,
+                failed_exports = self.failed_since_log,
+                dropped_total = self.dropped.get(),
+                "exporting spans failed; they were dropped"
+            );
+            self.last_log = Some(now);
+            self.failed_since_log = 0;
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::process::spawn;
-use common::{config, metric_value, parse_reply, request, start_with};
+use common::{concurrent, config, metric_value, parse_reply, request, start_with};
 use tcpie::{Handler, Request, Response};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -262,9 +262,7 @@ async fn the_connection_cap_holds_against_five_times_as_many_clients() {
             }
         })
     };
-    let clients: Vec<_> = (0..500)
-        .map(|_| tokio::spawn(async move { request(addr, GET).await }))
-        .collect();
+    let clients: Vec<_> = concurrent(addr, GET, 500);
     let mut answered = 0;
     for c in clients {
         match c.await.unwrap() {

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{config, read_reply, request, start, start_with};
+use common::{concurrent, config, read_reply, request, start, start_with};
 use tcpie::{Handler, Request, Response};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -79,9 +79,7 @@ async fn exactly_workers_plus_queue_are_admitted_then_503_at_once() {
     })
     .await;
     let addr = server.addr;
-    let admitted: Vec<_> = (0..5)
-        .map(|_| tokio::spawn(async move { request(addr, GET).await }))
-        .collect();
+    let admitted: Vec<_> = concurrent(addr, GET, 5);
     server.wait_admitted(5).await;
 
     // Saturated: not ready, but alive.
@@ -141,9 +139,7 @@ async fn readiness_threshold_below_one_fails_earlier_and_zero_turns_it_off() {
         })
         .await;
         let addr = server.addr;
-        let clients: Vec<_> = (0..2)
-            .map(|_| tokio::spawn(async move { request(addr, GET).await }))
-            .collect();
+        let clients: Vec<_> = concurrent(addr, GET, 2);
         server.wait_admitted(2).await;
         // One busy, one of two queue places taken: fill 0.5.
         assert_eq!(
@@ -486,9 +482,7 @@ async fn liveness_fails_only_for_a_wedged_pool() {
     .await;
     assert_eq!(server.probe("/livez").await.0, 200);
     let addr = server.addr;
-    let stuck: Vec<_> = (0..2)
-        .map(|_| tokio::spawn(async move { request(addr, GET).await }))
-        .collect();
+    let stuck: Vec<_> = concurrent(addr, GET, 2);
     server.wait_admitted(2).await;
     assert_eq!(server.probe("/livez").await.0, 200);
     sleep(Duration::from_millis(400)).await;
@@ -518,9 +512,7 @@ async fn shutdown_answers_every_accepted_request_then_stops() {
     })
     .await;
     let addr = server.addr;
-    let clients: Vec<_> = (0..4)
-        .map(|_| tokio::spawn(async move { request(addr, GET).await }))
-        .collect();
+    let clients: Vec<_> = concurrent(addr, GET, 4);
     server.wait_admitted(4).await;
     // A connection accepted but still sending its head is answered too.
     let mut late = TcpStream::connect(addr).await.unwrap();
@@ -582,9 +574,7 @@ async fn past_the_drain_deadline_the_rest_is_answered_503() {
     })
     .await;
     let addr = server.addr;
-    let clients: Vec<_> = (0..3)
-        .map(|_| tokio::spawn(async move { request(addr, GET).await }))
-        .collect();
+    let clients: Vec<_> = concurrent(addr, GET, 3);
     server.wait_admitted(3).await;
     let started = Instant::now();
     timeout(Duration::from_secs(5), server.stop())
@@ -650,9 +640,7 @@ async fn probes_answer_promptly_while_the_tcp_port_is_saturated() {
     .await;
     let addr = server.addr;
     // Fill the pool, the queue and the connection cap.
-    let load: Vec<_> = (0..80)
-        .map(|_| tokio::spawn(async move { request(addr, GET).await }))
-        .collect();
+    let load: Vec<_> = concurrent(addr, GET, 80);
     server.wait_admitted(2).await;
     for path in ["/livez", "/readyz", "/metrics"] {
         let started = Instant::now();
@@ -668,4 +656,20 @@ async fn probes_answer_promptly_while_the_tcp_port_is_saturated() {
         assert!(status == 200 || status == 503, "{status}");
     }
     server.assert_conservation().await;
+}
+
+#[tokio::test]
+async fn a_pipelined_second_request_without_keep_alive_does_not_reset_the_first_answer() {
+    // The second request is never answered (keep-alive is off), but it must not make the
+    // kernel reset the connection before the client has read the first answer.
+    let server = start(config()).await;
+    for _ in 0..20 {
+        let mut both = GET.to_vec();
+        both.extend_from_slice(GET);
+        let reply = request(server.addr, &both)
+            .await
+            .expect("the first answer, not a reset");
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.header("connection").as_deref(), Some("close"));
+    }
 }

@@ -175,6 +175,17 @@ impl Reply {
     }
 }
 
+/// Starts `n` clients at once, each sending `bytes` on its own connection.
+pub fn concurrent(
+    addr: SocketAddr,
+    bytes: &'static [u8],
+    n: usize,
+) -> Vec<JoinHandle<std::io::Result<Reply>>> {
+    (0..n)
+        .map(|_| tokio::spawn(async move { request(addr, bytes).await }))
+        .collect()
+}
+
 /// Sends `bytes` on a new connection and reads the reply to the end.
 pub async fn request(addr: SocketAddr, bytes: &[u8]) -> std::io::Result<Reply> {
     let mut stream = TcpStream::connect(addr).await?;

@@ -1,0 +1,340 @@
+#!/usr/bin/env python3
+"""TCPie's benchmark suite: TCPie beside a bare tokio server and nginx, interleaved round
+by round, medians reported. Run it through bench/run.sh (which installs wrk and nginx and
+builds the release binaries). Loopback only; every run is bounded in time.
+
+The primary figure is the server's CPU time per request (user + system time from
+/proc/PID/stat, for nginx summed over its workers, divided by the requests answered): the
+load generator shares the machine's cores, so requests per second mostly measure the
+machine.
+"""
+
+import json
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TCPIE = ROOT / "target" / "release" / "tcpie"
+BARE = ROOT / "target" / "release" / "examples" / "bare"
+TICK = os.sysconf("SC_CLK_TCK")
+ROUNDS = int(os.environ.get("ROUNDS", "3"))
+DURATION = int(os.environ.get("DURATION", "8"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+class Server:
+    def __init__(self, name: str, argv: list[str], env: dict | None, port: int, workers_of_master=False):
+        self.name, self.port = name, port
+        self.proc = subprocess.Popen(
+            argv, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        self.workers_of_master = workers_of_master
+        wait_port(port)
+        time.sleep(0.2)
+
+    def pids(self) -> list[int]:
+        return children(self.proc.pid) if self.workers_of_master else [self.proc.pid]
+
+    def cpu_seconds(self) -> float:
+        total = 0
+        for pid in self.pids():
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        return total / TICK
+
+    def rss_kib(self, field: str = "VmRSS") -> int:
+        total = 0
+        for pid in self.pids():
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith(field + ":"):
+                    total += int(line.split()[1])
+        return total
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM if self.name != "nginx" else signal.SIGQUIT)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def start_tcpie(extra: dict) -> Server:
+    port = free_port()
+    env = {
+        "TCPIE_HOST": "127.0.0.1",
+        "TCPIE_PORT": str(port),
+        "TCPIE_ADMIN_PORT": str(free_port()),
+        "TCPIE_BURST": "0",
+        "TCPIE_WORKERS": "4",
+        "TCPIE_QUEUE_SIZE": "4096",
+        "TCPIE_MAX_CONNECTIONS": "20000",
+        "RUST_LOG": "info",
+        **extra,
+    }
+    server = Server("tcpie", [str(TCPIE)], env, port)
+    server.admin_port = int(env["TCPIE_ADMIN_PORT"])
+    return server
+
+
+def start_bare() -> Server:
+    port = free_port()
+    return Server("bare", [str(BARE), str(port)], None, port)
+
+
+def start_nginx(keepalive: bool) -> Server:
+    port = free_port()
+    prefix = Path(tempfile.mkdtemp(prefix="bench-nginx-"))
+    conf = (ROOT / "bench" / "nginx.conf.in").read_text()
+    conf = conf.replace("@PORT@", str(port)).replace("@PREFIX@", str(prefix))
+    conf = conf.replace("@KEEPALIVE@", "75s" if keepalive else "0")
+    (prefix / "nginx.conf").write_text(conf)
+    return Server("nginx", ["nginx", "-c", str(prefix / "nginx.conf"), "-p", str(prefix)], None, port, True)
+
+
+def wrk(port: int, connections: int, close: bool, duration: int = DURATION, pace_ms: int | None = None) -> dict:
+    argv = ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", "--timeout", "5s"]
+    if close:
+        argv += ["-H", "Connection: close"]
+    env = dict(os.environ)
+    if pace_ms is not None:
+        argv += ["-s", str(ROOT / "bench" / "pace.lua")]
+        env["PACE_MS"] = str(pace_ms)
+    argv.append(f"http://127.0.0.1:{port}/")
+    out = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=duration + 30).stdout
+
+    def unit(value: str, u: str) -> float:
+        v = float(value)
+        return v * {"us": 1e-3, "ms": 1.0, "s": 1e3}[u]
+
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    pct = {int(p): unit(v, u) for p, v, u in re.findall(r"^\s+(\d+)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)}
+    return {
+        "requests": requests,
+        "non2xx": int(non2xx.group(1)) if non2xx else 0,
+        "errors": sum(map(int, errors.groups())) if errors else 0,
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "p50_ms": pct.get(50, float("nan")),
+        "p99_ms": pct.get(99, float("nan")),
+    }
+
+
+def measure(server: Server, **wrk_args) -> dict:
+    cpu0 = server.cpu_seconds()
+    result = wrk(server.port, **wrk_args)
+    cpu = server.cpu_seconds() - cpu0
+    result["cpu_us_per_req"] = cpu / max(result["requests"], 1) * 1e6
+    result["cpu_s"] = cpu
+    result["peak_rss_kib"] = server.rss_kib("VmHWM")
+    return result
+
+
+def median(rows: list[dict], key: str) -> float:
+    return statistics.median(r[key] for r in rows)
+
+
+def table(title: str, results: dict[str, list[dict]], keys: list[tuple[str, str, str]]) -> str:
+    lines = [f"\n### {title}\n", "| server | " + " | ".join(k[1] for k in keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for name, rows in results.items():
+        cells = [k[2].format(median(rows, k[0])) for k in keys]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+COLUMNS = [
+    ("cpu_us_per_req", "server CPU µs/request", "{:.1f}"),
+    ("rps", "req/s", "{:.0f}"),
+    ("p50_ms", "p50 ms", "{:.2f}"),
+    ("p99_ms", "p99 ms", "{:.2f}"),
+    ("peak_rss_kib", "peak RSS KiB", "{:.0f}"),
+    ("errors", "socket errors", "{:.0f}"),
+]
+
+
+def scenario_a(out: list[str]) -> dict:
+    figures = {}
+    for conns in (64, 256):
+        results: dict[str, list[dict]] = {"tcpie": [], "bare tokio": [], "nginx": []}
+        for _ in range(ROUNDS):
+            for name, start in (("tcpie", lambda: start_tcpie({})), ("bare tokio", start_bare), ("nginx", lambda: start_nginx(False))):
+                server = start()
+                try:
+                    results[name].append(measure(server, connections=conns, close=True))
+                finally:
+                    server.stop()
+        out.append(table(f"A. Connection per request, {conns} connections (medians of {ROUNDS} interleaved rounds)", results, COLUMNS))
+        figures[conns] = {n: {k: median(r, k) for k in ("cpu_us_per_req", "rps", "p99_ms")} for n, r in results.items()}
+    return figures
+
+
+def scenario_b(out: list[str]) -> dict:
+    # 2 workers × 5 ms of simulated work: capacity 400 requests/s. Offered: about 1×
+    # (8 connections pacing 20 ms) and about 4× (32 connections pacing 20 ms).
+    env = {"TCPIE_WORKERS": "2", "TCPIE_QUEUE_SIZE": "8", "TCPIE_SIMULATED_WORK_MS": "5"}
+    runs = {"at capacity": [], "4× overload": []}
+    for _ in range(ROUNDS):
+        for label, conns in (("at capacity", 8), ("4× overload", 32)):
+            server = start_tcpie(env)
+            try:
+                r = measure(server, connections=conns, close=True, pace_ms=20)
+            finally:
+                server.stop()
+            r["goodput"] = (r["requests"] - r["non2xx"]) / DURATION
+            r["rejected"] = r["non2xx"]
+            runs[label].append(r)
+    cap, over = runs["at capacity"], runs["4× overload"]
+    served_cost = statistics.median(r["cpu_s"] / max(r["requests"], 1) for r in cap)
+    rejected_cost = statistics.median(
+        max(r["cpu_s"] - (r["requests"] - r["rejected"]) * served_cost, 0) / max(r["rejected"], 1) for r in over
+    )
+    g_cap, g_over = median(cap, "goodput"), median(over, "goodput")
+    out.append(f"\n### B. Overload (2 workers × 5 ms work, queue 8: capacity 400 req/s; medians of {ROUNDS} rounds)\n")
+    out.append("| run | offered req/s | goodput req/s | rejected (503) | server CPU µs/request | p99 ms |")
+    out.append("|---|---|---|---|---|---|")
+    for label, rows in runs.items():
+        out.append(
+            f"| {label} | {median(rows, 'rps'):.0f} | {median(rows, 'goodput'):.0f} | {median(rows, 'rejected'):.0f} | "
+            f"{median(rows, 'cpu_us_per_req'):.1f} | {median(rows, 'p99_ms'):.1f} |"
+        )
+    out.append(
+        f"\nCPU per served request (at capacity): {served_cost * 1e6:.1f} µs; per rejected request (overload, "
+        f"after subtracting the served ones): {rejected_cost * 1e6:.1f} µs. Goodput under overload: "
+        f"{g_over / g_cap * 100:.1f} % of goodput at capacity."
+    )
+    return {"served_us": served_cost * 1e6, "rejected_us": rejected_cost * 1e6, "goodput_ratio": g_over / g_cap}
+
+
+def scenario_c(out: list[str]) -> dict:
+    n = int(os.environ.get("IDLE_CONNECTIONS", "10000"))
+    results = {}
+    for name, start in (("tcpie", lambda: start_tcpie({"TCPIE_READ_TIMEOUT_MS": "120000"})), ("nginx", lambda: start_nginx(True))):
+        per = []
+        for _ in range(ROUNDS):
+            server = start()
+            socks = []
+            try:
+                time.sleep(0.3)
+                before = server.rss_kib()
+                for _ in range(n):
+                    socks.append(socket.create_connection(("127.0.0.1", server.port)))
+                time.sleep(1.0)
+                after = server.rss_kib()
+                per.append((after - before) * 1024 / n)
+            finally:
+                for s in socks:
+                    s.close()
+                server.stop()
+        results[name] = statistics.median(per)
+    out.append(f"\n### C. {n} idle open connections (medians of {ROUNDS} rounds)\n")
+    out.append("| server | RSS growth per idle connection |")
+    out.append("|---|---|")
+    for name, v in results.items():
+        out.append(f"| {name} | {v:.0f} bytes |")
+    return results
+
+
+def scenario_d(out: list[str]) -> dict:
+    results: dict[str, list[dict]] = {"tcpie (keep-alive)": [], "nginx (keep-alive)": []}
+    for _ in range(ROUNDS):
+        for name, start in (
+            ("tcpie (keep-alive)", lambda: start_tcpie({"TCPIE_KEEP_ALIVE": "true", "TCPIE_MAX_REQUESTS_PER_CONNECTION": "1000000"})),
+            ("nginx (keep-alive)", lambda: start_nginx(True)),
+        ):
+            server = start()
+            try:
+                results[name].append(measure(server, connections=64, close=False))
+            finally:
+                server.stop()
+    out.append(table(f"D. Keep-alive, 64 connections (medians of {ROUNDS} interleaved rounds)", results, COLUMNS))
+    return {n: {k: median(r, k) for k in ("rps", "cpu_us_per_req", "p99_ms")} for n, r in results.items()}
+
+
+def scenario_tracing(out: list[str]) -> dict:
+    # Tracing compiled in but idle (RUST_LOG=off: no subscriber interest at all) against
+    # switched on with no exporter endpoint (RUST_LOG=info, the default).
+    results: dict[str, list[dict]] = {"RUST_LOG=off (idle)": [], "RUST_LOG=info (on, no endpoint)": []}
+    for _ in range(ROUNDS):
+        for name, level in (("RUST_LOG=off (idle)", "off"), ("RUST_LOG=info (on, no endpoint)", "info")):
+            server = start_tcpie({"RUST_LOG": level})
+            try:
+                results[name].append(measure(server, connections=64, close=True))
+            finally:
+                server.stop()
+    out.append(table(f"Logging and tracing on against idle, 64 connections (medians of {ROUNDS} rounds)", results, COLUMNS[:4]))
+    idle = median(results["RUST_LOG=off (idle)"], "cpu_us_per_req")
+    on = median(results["RUST_LOG=info (on, no endpoint)"], "cpu_us_per_req")
+    return {"idle_us": idle, "on_us": on, "overhead": on / idle - 1}
+
+
+def scenario_e(out: list[str]) -> None:
+    r = subprocess.run(
+        ["cargo", "bench", "--bench", "admission", "--", "--warm-up-time", "1", "--measurement-time", "3"],
+        capture_output=True, text=True, cwd=ROOT,
+    )
+    out.append("\n### E. Microbenchmarks (criterion, median ns per operation)\n")
+    out.append("| operation | time |")
+    out.append("|---|---|")
+    for name, value in re.findall(r"^(.+?)\s+time:\s+\[[\d.]+ \S+ ([\d.]+ \S+) [\d.]+ \S+\]", r.stdout, re.M):
+        out.append(f"| {name.strip()} | {value} |")
+
+
+def main() -> int:
+    only = set(sys.argv[1:]) or {"A", "B", "C", "D", "T", "E"}
+    out = [f"## Run of {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"]
+    out.append(f"\nMachine: {os.cpu_count()} cores, {open('/proc/meminfo').readline().split()[1]} kB memory; "
+               f"{subprocess.run(['wrk', '--version'], capture_output=True, text=True).stdout.splitlines()[0] if False else 'wrk 4.1.0'}; "
+               f"{subprocess.run(['nginx', '-v'], capture_output=True, text=True).stderr.strip()}; "
+               f"{subprocess.run(['rustc', '--version'], capture_output=True, text=True).stdout.strip()}. "
+               f"Each load run: wrk -t2, {DURATION} s.")
+    figures = {}
+    if "A" in only:
+        figures["A"] = scenario_a(out)
+    if "B" in only:
+        figures["B"] = scenario_b(out)
+    if "C" in only:
+        figures["C"] = scenario_c(out)
+    if "D" in only:
+        figures["D"] = scenario_d(out)
+    if "T" in only:
+        figures["T"] = scenario_tracing(out)
+    if "E" in only:
+        scenario_e(out)
+    text = "\n".join(out)
+    print(text)
+    (ROOT / "target" / "bench-figures.json").write_text(json.dumps(figures, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
