@@ -571,6 +571,10 @@ async fn close_gracefully(core: &Core, mut conn: Conn) {
 /// One worker: takes requests from the queue until it is closed and empty.
 pub(crate) async fn worker<H: Handler>(id: usize, core: Arc<Core>, handler: Arc<H>) {
     let mut out = Vec::with_capacity(256);
+    // Handlers mostly answer the same thing (the built-in one always does): the bytes of
+    // the last answer are reused while status, type, body and keep-alive are unchanged,
+    // which saves formatting the head on every request.
+    let mut last: Option<(Response, bool)> = None;
     while let Some(job) = core.queue.recv().await {
         let Job {
             mut conn,
@@ -600,14 +604,19 @@ pub(crate) async fn worker<H: Handler>(id: usize, core: Arc<Core>, handler: Arc<
             Some(response) => {
                 let written = match &response {
                     Ok(response) => {
-                        http::write_response(
-                            &mut out,
-                            response.status,
-                            response.content_type,
-                            None,
-                            keep_alive,
-                            &response.body,
-                        );
+                        let same =
+                            matches!(&last, Some((r, k)) if *k == keep_alive && r == response);
+                        if !same {
+                            http::write_response(
+                                &mut out,
+                                response.status,
+                                response.content_type,
+                                None,
+                                keep_alive,
+                                &response.body,
+                            );
+                            last = Some((response.clone(), keep_alive));
+                        }
                         respond(&core, &mut conn, &out).await
                     }
                     Err(()) => respond(&core, &mut conn, &core.responses.internal_error).await,
