@@ -5,13 +5,13 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use common::process::spawn;
-use common::{concurrent, config, metric_value, parse_reply, request, start_with};
+use common::{concurrent, config, metric_value, parse_reply, request, start_with, MaxWatch};
 use tcpie::{Handler, Request, Response};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -64,24 +64,7 @@ async fn slowloris_holds_no_worker_and_normal_clients_stay_fast() {
 
     // Meanwhile: a normal client, and a watch on the busy workers.
     sleep(Duration::from_millis(300)).await;
-    let max_busy = Arc::new(AtomicU64::new(0));
-    let watching = Arc::new(AtomicUsize::new(1));
-    let watcher = {
-        let (max_busy, watching, admin) = (max_busy.clone(), watching.clone(), tcpie.admin);
-        tokio::spawn(async move {
-            while watching.load(Ordering::Relaxed) == 1 {
-                let reply = request(
-                    admin,
-                    b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
-                )
-                .await
-                .unwrap();
-                let busy = metric_value(&reply.body_text(), "tcpie_workers_busy").unwrap() as u64;
-                max_busy.fetch_max(busy, Ordering::Relaxed);
-                sleep(Duration::from_millis(20)).await;
-            }
-        })
-    };
+    let busy = MaxWatch::start(tcpie.admin, "tcpie_workers_busy", Duration::from_millis(20));
     let mut latencies = Vec::new();
     for _ in 0..100 {
         let started = Instant::now();
@@ -89,8 +72,7 @@ async fn slowloris_holds_no_worker_and_normal_clients_stay_fast() {
         latencies.push(started.elapsed());
         sleep(Duration::from_millis(15)).await;
     }
-    watching.store(0, Ordering::Relaxed);
-    watcher.await.unwrap();
+    let max_busy = busy.finish().await;
     let p99 = percentile(latencies, 0.99);
     assert!(
         p99 < Duration::from_millis(50),
@@ -98,11 +80,7 @@ async fn slowloris_holds_no_worker_and_normal_clients_stay_fast() {
     );
     // The normal client runs one request at a time: a slow connection holding a worker
     // would have shown as a second busy worker.
-    assert!(
-        max_busy.load(Ordering::Relaxed) <= 1,
-        "busy workers reached {}",
-        max_busy.load(Ordering::Relaxed)
-    );
+    assert!(max_busy <= 1.0, "busy workers reached {max_busy}");
 
     for s in slow {
         let (took, status) = s.await.unwrap();
@@ -243,25 +221,7 @@ async fn the_connection_cap_holds_against_five_times_as_many_clients() {
     )
     .await;
     let (admin, addr) = (server.admin, server.addr);
-    let watching = Arc::new(AtomicUsize::new(1));
-    let max_open = Arc::new(AtomicU64::new(0));
-    let watcher = {
-        let (watching, max_open) = (watching.clone(), max_open.clone());
-        tokio::spawn(async move {
-            while watching.load(Ordering::Relaxed) == 1 {
-                let reply = request(
-                    admin,
-                    b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
-                )
-                .await
-                .unwrap();
-                let open =
-                    metric_value(&reply.body_text(), "tcpie_connections_open").unwrap() as u64;
-                max_open.fetch_max(open, Ordering::Relaxed);
-                sleep(Duration::from_millis(10)).await;
-            }
-        })
-    };
+    let open = MaxWatch::start(admin, "tcpie_connections_open", Duration::from_millis(10));
     let clients: Vec<_> = concurrent(addr, GET, 500);
     let mut answered = 0;
     for c in clients {
@@ -278,13 +238,11 @@ async fn the_connection_cap_holds_against_five_times_as_many_clients() {
             Err(e) => panic!("a client got {e}"),
         }
     }
-    watching.store(0, Ordering::Relaxed);
-    watcher.await.unwrap();
     assert_eq!(answered, 500);
-    let max_open = max_open.load(Ordering::Relaxed);
-    assert!(max_open <= 100, "{max_open} connections open at once");
+    let max_open = open.finish().await;
+    assert!(max_open <= 100.0, "{max_open} connections open at once");
     assert!(
-        max_open >= 50,
+        max_open >= 50.0,
         "the cap was never approached ({max_open}): the test proves nothing"
     );
     server.assert_conservation().await;

@@ -175,6 +175,39 @@ impl Reply {
     }
 }
 
+/// Samples one metric of a running server until stopped, keeping the largest value.
+pub struct MaxWatch {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: JoinHandle<f64>,
+}
+
+impl MaxWatch {
+    pub fn start(admin: SocketAddr, sample: &'static str, every: Duration) -> MaxWatch {
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut max = f64::MIN;
+            while stopped.try_recv().is_err() {
+                let reply = request(
+                    admin,
+                    b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+                )
+                .await
+                .unwrap();
+                max = max.max(metric_value(&reply.body_text(), sample).unwrap());
+                tokio::time::sleep(every).await;
+            }
+            max
+        });
+        MaxWatch { stop, task }
+    }
+
+    /// Stops sampling and returns the largest value seen.
+    pub async fn finish(self) -> f64 {
+        let _ = self.stop.send(());
+        self.task.await.unwrap()
+    }
+}
+
 /// Starts `n` clients at once, each sending `bytes` on its own connection.
 pub fn concurrent(
     addr: SocketAddr,
