@@ -22,6 +22,10 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 command -v rustfmt >/dev/null 2>&1 || rustup component add rustfmt
 command -v cargo-clippy >/dev/null 2>&1 || rustup component add clippy
+if ! cargo deny --version >/dev/null 2>&1; then
+  echo "== installing cargo-deny (a few minutes, once)"
+  cargo install --locked --quiet cargo-deny --version 0.20.2
+fi
 
 venv() {
   local dir=$1 requirements=$2

@@ -11,6 +11,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
+echo "== cargo deny check licenses bans (the advisory database cannot be fetched here)"
+cargo deny --log-level error check licenses bans
 echo "== cargo test"
 cargo test --locked
 echo "== deploy checks"
