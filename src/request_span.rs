@@ -15,6 +15,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::handler::Request;
 use crate::metrics::Outcome;
+use crate::telemetry::REQUEST_TARGET;
 
 /// The server span of one request.
 #[derive(Clone)]
@@ -23,7 +24,7 @@ pub(crate) struct RequestSpan(Span);
 impl RequestSpan {
     pub fn new(peer: std::net::SocketAddr, server_port: u16, connection_id: u64) -> RequestSpan {
         let span = tracing::debug_span!(
-            target: "tcpie::request",
+            target: REQUEST_TARGET,
             "request",
             otel.name = "HTTP",
             otel.kind = "server",
@@ -66,12 +67,14 @@ impl RequestSpan {
         span.record("network.protocol.version", request.version());
     }
 
-    /// A child span, for example the queue wait or the processing.
-    pub fn child(&self, name: &'static str) -> Span {
-        match name {
-            "queue" => tracing::debug_span!(target: "tcpie::request", parent: &self.0, "queue"),
-            _ => tracing::debug_span!(target: "tcpie::request", parent: &self.0, "process"),
-        }
+    /// The child span of the wait for a worker; it ends when dropped.
+    pub fn queue_span(&self) -> Span {
+        tracing::debug_span!(target: REQUEST_TARGET, parent: &self.0, "queue")
+    }
+
+    /// The child span of the worker's processing.
+    pub fn process_span(&self) -> Span {
+        tracing::debug_span!(target: REQUEST_TARGET, parent: &self.0, "process")
     }
 
     pub fn queued(&self, wait: std::time::Duration, worker: usize) {
@@ -114,7 +117,7 @@ impl RequestSpan {
             span.record("error.type", error_type);
         }
         tracing::debug!(
-            target: "tcpie::request",
+            target: REQUEST_TARGET,
             parent: span,
             outcome = outcome.as_str(),
             status,

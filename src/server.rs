@@ -501,7 +501,7 @@ async fn admit(
         enqueued: now,
         reply,
         span: span.clone(),
-        queue_span: span.child("queue"),
+        queue_span: span.queue_span(),
         keep_alive,
     };
     match core.queue.try_submit(job, now) {
@@ -595,7 +595,7 @@ pub(crate) async fn worker<H: Handler>(id: usize, core: Arc<Core>, handler: Arc<
             tokio::select! {
                 biased;
                 _ = core.hard_stop.cancelled() => None,
-                response = process(&core, &*handler, &request).instrument(span.child("process")) => {
+                response = process(&core, &*handler, &request).instrument(span.process_span()) => {
                     Some(response)
                 }
             }
