@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::process::spawn;
+use common::process::{log_field, spawn};
 use common::{concurrent, config, metric_value, parse_reply, request, start_with, MaxWatch};
 use tcpie::{Handler, Request, Response};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -114,19 +114,7 @@ fn assert_balanced(log: &str) -> (u64, u64, u64) {
         .lines()
         .find(|l| l.contains("shutdown: complete"))
         .unwrap_or_else(|| panic!("{log}"));
-    let field = |name: &str| -> u64 {
-        let start = line
-            .find(&format!(" {name}="))
-            .unwrap_or_else(|| panic!("{name} in {line}"))
-            + name.len()
-            + 2;
-        line[start..]
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
+    let field = |name: &str| -> u64 { log_field(line, name).parse().unwrap() };
     let (accepted, requests, before) = (
         field("accepted"),
         field("requests"),

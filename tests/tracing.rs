@@ -123,6 +123,16 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Sends `n` requests, each of which must be answered 200.
+async fn get_ok(tcpie: &Tcpie, n: usize) {
+    for _ in 0..n {
+        let reply = request(tcpie.tcp, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 200);
+    }
+}
+
 async fn stop(tcpie: &mut Tcpie, within: Duration) {
     tcpie.signal("TERM");
     let status = tcpie.wait_exit(within).await;
@@ -274,15 +284,7 @@ async fn http_protobuf_export_appends_the_signal_path() {
             ("TCPIE_BURST", "0"),
         ],
     );
-    for _ in 0..3 {
-        assert_eq!(
-            request(tcpie.tcp, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
-                .await
-                .unwrap()
-                .status,
-            200
-        );
-    }
+    get_ok(&tcpie, 3).await;
     // The schedule delay is the default 5 s: the spans arrive with the shutdown flush.
     stop(&mut tcpie, Duration::from_secs(10)).await;
     let spans = received.spans();
@@ -307,15 +309,7 @@ async fn with_the_sdk_disabled_no_span_is_exported() {
             ("TCPIE_BURST", "0"),
         ],
     );
-    for _ in 0..3 {
-        assert_eq!(
-            request(tcpie.tcp, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
-                .await
-                .unwrap()
-                .status,
-            200
-        );
-    }
+    get_ok(&tcpie, 3).await;
     sleep(Duration::from_millis(300)).await;
     stop(&mut tcpie, Duration::from_secs(10)).await;
     assert!(received.spans().is_empty());

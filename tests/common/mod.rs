@@ -84,13 +84,7 @@ impl TestServer {
     }
 
     pub async fn admin(&self, path: &str) -> (u16, String) {
-        let reply = request(
-            self.admin,
-            format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
-        (reply.status, reply.body_text())
+        admin_get(self.admin, path).await
     }
 
     pub async fn probe(&self, path: &str) -> (u16, serde_json::Value) {
@@ -107,20 +101,7 @@ impl TestServer {
 
     /// Waits until `busy + waiting` reaches `n` (requests admitted and not yet answered).
     pub async fn wait_admitted(&self, n: u64) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let (_, body) = self.probe("/livez").await;
-            let admitted =
-                body["workers_busy"].as_u64().unwrap() + body["queue_depth"].as_u64().unwrap();
-            if admitted >= n {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "only {admitted} of {n} admitted: {body}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_admitted(self.admin, n).await
     }
 
     /// Checks that every accepted connection is accounted for once.
@@ -175,6 +156,36 @@ impl Reply {
     }
 }
 
+/// `GET path` on an admin server; the status and the body.
+pub async fn admin_get(admin: SocketAddr, path: &str) -> (u16, String) {
+    let reply = request(
+        admin,
+        format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    (reply.status, reply.body_text())
+}
+
+/// Waits until the server behind `admin` has `n` requests admitted and not yet answered
+/// (busy workers plus queue depth, as /livez reports them).
+pub async fn wait_admitted(admin: SocketAddr, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = admin_get(admin, "/livez").await;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let admitted = v["workers_busy"].as_u64().unwrap() + v["queue_depth"].as_u64().unwrap();
+        if admitted >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {admitted} of {n} admitted: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Samples one metric of a running server until stopped, keeping the largest value.
 pub struct MaxWatch {
     stop: tokio::sync::oneshot::Sender<()>,
@@ -187,13 +198,8 @@ impl MaxWatch {
         let task = tokio::spawn(async move {
             let mut max = f64::MIN;
             while stopped.try_recv().is_err() {
-                let reply = request(
-                    admin,
-                    b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
-                )
-                .await
-                .unwrap();
-                max = max.max(metric_value(&reply.body_text(), sample).unwrap());
+                let (_, text) = admin_get(admin, "/metrics").await;
+                max = max.max(metric_value(&text, sample).unwrap());
                 tokio::time::sleep(every).await;
             }
             max

@@ -9,7 +9,17 @@ use std::time::Duration;
 
 use tokio::time::{sleep, Instant};
 
-use super::request;
+/// The value of `name=value` in a text log line.
+pub fn log_field<'a>(line: &'a str, name: &str) -> &'a str {
+    let key = format!("{name}=");
+    let start = line
+        .match_indices(&key)
+        .map(|(i, _)| i)
+        .find(|&i| i == 0 || line.as_bytes()[i - 1] == b' ')
+        .unwrap_or_else(|| panic!("no {name}= in {line}"))
+        + key.len();
+    line[start..].split_whitespace().next().unwrap_or_default()
+}
 
 pub struct Tcpie {
     pub child: Child,
@@ -72,13 +82,7 @@ pub fn spawn(wrapper: &[&str], env: &[(&str, &str)]) -> Tcpie {
                         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
                         return v["fields"][name].as_str().unwrap().parse().unwrap();
                     }
-                    let start = line.find(&format!("{name}=")).unwrap() + name.len() + 1;
-                    line[start..]
-                        .split_whitespace()
-                        .next()
-                        .unwrap()
-                        .parse()
-                        .unwrap()
+                    log_field(&line, name).parse().unwrap()
                 };
                 let _ = tx.send((field("tcp"), field("admin")));
             }
@@ -123,26 +127,11 @@ impl Tcpie {
     }
 
     pub async fn admin(&self, path: &str) -> (u16, String) {
-        let reply = request(
-            self.admin,
-            format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
-        (reply.status, reply.body_text())
+        super::admin_get(self.admin, path).await
     }
 
     pub async fn wait_admitted(&self, n: u64) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let (_, body) = self.admin("/livez").await;
-            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-            if v["workers_busy"].as_u64().unwrap() + v["queue_depth"].as_u64().unwrap() >= n {
-                return;
-            }
-            assert!(Instant::now() < deadline, "not admitted: {body}");
-            sleep(Duration::from_millis(10)).await;
-        }
+        super::wait_admitted(self.admin, n).await
     }
 }
 
