@@ -1,10 +1,13 @@
 //! The little HTTP/1.1 that TCPie speaks: parsing one request head, and writing responses.
 //!
 //! This module owns the wire format only. Reading from the socket, deadlines and
-//! admission live in `server`; what a request means lives behind [`crate::handler`].
-//! Parsing is done by `httparse` (no allocation, well fuzzed); this module adds the rules
-//! a server must enforce on top: the size limit, a `Host` header on HTTP/1.1, one
-//! unambiguous body length, and no chunked bodies.
+//! admission live in `server`; chunked bodies are decoded by `chunked`; what a request
+//! means lives behind [`crate::handler`]. Parsing is done by `httparse` (no allocation,
+//! well fuzzed); this module adds the rules of RFC 9110 and RFC 9112 that a server must
+//! enforce on top: the size limits (414, 431), exactly one valid `Host` on HTTP/1.1, one
+//! unambiguous body length (`Content-Length`, or chunked as the final transfer coding,
+//! never both), no transfer coding it does not implement (501), no `CONNECT` (501: TCPie
+//! is no proxy), and HTTP/1.x minor versions above 1 answered as HTTP/1.1.
 
 use std::io::Write;
 use std::ops::Range;
@@ -29,14 +32,43 @@ pub enum Parsed {
 /// A request the server refuses before admission, with the status to answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reject {
-    /// 400: not a well-formed HTTP/1.x request.
+    /// 400: not a well-formed HTTP/1.x request, a missing, repeated or invalid `Host`, or
+    /// a body whose length is ambiguous.
     BadRequest,
-    /// 411: a chunked (or otherwise encoded) body, which TCPie does not read.
-    LengthRequired,
     /// 413: a body larger than [`MAX_BODY_BYTES`].
     PayloadTooLarge,
+    /// 414: a request target that does not fit in `TCPIE_MAX_HEADER_BYTES`.
+    UriTooLong,
     /// 431: a head larger than `TCPIE_MAX_HEADER_BYTES` or with too many headers.
     HeaderTooLarge,
+    /// 501: a transfer coding other than chunked.
+    UnknownCoding,
+    /// 501: `CONNECT`; TCPie is not a proxy.
+    Connect,
+}
+
+impl Reject {
+    /// The status it is answered with.
+    pub fn status(self) -> u16 {
+        match self {
+            Reject::BadRequest => 400,
+            Reject::PayloadTooLarge => 413,
+            Reject::UriTooLong => 414,
+            Reject::HeaderTooLarge => 431,
+            Reject::UnknownCoding | Reject::Connect => 501,
+        }
+    }
+}
+
+/// How the request's body is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body {
+    /// No body.
+    Empty,
+    /// `Content-Length` bytes.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
 }
 
 /// A parsed request head: offsets into the buffer it was parsed from.
@@ -46,10 +78,13 @@ pub struct Head {
     pub len: usize,
     pub method: Range<usize>,
     pub path: Range<usize>,
-    /// Minor version: 0 for HTTP/1.0, 1 for HTTP/1.1.
+    /// Minor version: 0 for HTTP/1.0, 1 for HTTP/1.1 (and for later 1.x versions).
     pub minor_version: u8,
-    /// Length of the body that follows.
-    pub content_length: u64,
+    /// Where the digit of a later 1.x version (`HTTP/1.2`) sits: the caller rewrites it to
+    /// `1` so that the head reads as the HTTP/1.1 it is answered as.
+    pub later_minor_at: Option<usize>,
+    /// How the body is framed.
+    pub body: Body,
     /// The client asked for `100 Continue` before sending its body.
     pub expect_continue: bool,
     /// The client asked to keep the connection open: HTTP/1.1 without
@@ -57,46 +92,106 @@ pub struct Head {
     pub keep_alive: bool,
 }
 
+/// Whether the request in `buf` (complete or not) is a `HEAD`: its answer carries no body.
+pub fn is_head(buf: &[u8]) -> bool {
+    buf.starts_with(b"HEAD ")
+}
+
 /// Parses a request head from the start of `buf`.
 ///
 /// `max_head` is the largest head accepted; a partial head already longer than it is
 /// rejected at once, so a client cannot make the server buffer more.
 pub fn parse_head(buf: &[u8], max_head: usize) -> Result<Parsed, Reject> {
+    match parse_as_is(buf, max_head) {
+        Err(Version) => {
+            // RFC 9110 §6.2: a later minor version is answered as the highest we speak.
+            let Some(at) = later_minor_version(buf) else {
+                return Err(Reject::BadRequest);
+            };
+            let mut patched = buf.to_vec();
+            patched[at] = b'1';
+            match parse_as_is(&patched, max_head) {
+                Ok(Parsed::Complete(head)) => Ok(Parsed::Complete(Head {
+                    later_minor_at: Some(at),
+                    ..head
+                })),
+                Ok(Parsed::Partial) => Ok(Parsed::Partial),
+                Err(Version) => Err(Reject::BadRequest),
+                Err(Refused(reject)) => Err(reject),
+            }
+        }
+        Err(Refused(reject)) => Err(reject),
+        Ok(parsed) => Ok(parsed),
+    }
+}
+
+/// Why [`parse_as_is`] stopped.
+enum Stop {
+    Version,
+    Refused(Reject),
+}
+use Stop::{Refused, Version};
+
+/// The offset of `D` in a request line ending in ` HTTP/1.D` with D from 2 to 9.
+fn later_minor_version(buf: &[u8]) -> Option<usize> {
+    let line_end = buf.iter().position(|b| *b == b'\n')?;
+    let line = buf[..line_end]
+        .strip_suffix(b"\r")
+        .unwrap_or(&buf[..line_end]);
+    let version = line.get(line.len().checked_sub(9)?..)?;
+    (version.starts_with(b" HTTP/1.") && (b'2'..=b'9').contains(&version[8]))
+        .then_some(line.len() - 1)
+}
+
+fn parse_as_is(buf: &[u8], max_head: usize) -> Result<Parsed, Stop> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let len = match req.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() >= max_head => {
-            return Err(Reject::HeaderTooLarge)
+            return Err(Refused(too_large(buf, max_head)))
         }
         Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
-        Err(httparse::Error::TooManyHeaders) => return Err(Reject::HeaderTooLarge),
-        Err(_) => return Err(Reject::BadRequest),
+        Err(httparse::Error::TooManyHeaders) => return Err(Refused(Reject::HeaderTooLarge)),
+        Err(httparse::Error::Version) => return Err(Version),
+        Err(_) => return Err(Refused(Reject::BadRequest)),
     };
     if len > max_head {
-        return Err(Reject::HeaderTooLarge);
+        return Err(Refused(too_large(buf, max_head)));
     }
     let (Some(method), Some(path), Some(minor_version)) = (req.method, req.path, req.version)
     else {
-        return Err(Reject::BadRequest);
+        return Err(Refused(Reject::BadRequest));
     };
+    if method == "CONNECT" {
+        return Err(Refused(Reject::Connect));
+    }
+    // The asterisk form is for OPTIONS only (RFC 9112 §3.2.4).
+    if path == "*" && method != "OPTIONS" {
+        return Err(Refused(Reject::BadRequest));
+    }
 
     let mut content_length: Option<u64> = None;
-    let mut has_host = false;
+    let mut hosts = 0;
+    let mut codings = Codings::default();
     let mut expect_continue = false;
     let (mut close, mut keep_alive) = (false, false);
     for h in req.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
-            let n = parse_content_length(h.value).ok_or(Reject::BadRequest)?;
+            let n = parse_content_length(h.value).ok_or(Refused(Reject::BadRequest))?;
             // Two different lengths make the message boundary ambiguous (request smuggling).
             if content_length.is_some_and(|prev| prev != n) {
-                return Err(Reject::BadRequest);
+                return Err(Refused(Reject::BadRequest));
             }
             content_length = Some(n);
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            return Err(Reject::LengthRequired);
+            codings.add(h.value).map_err(Refused)?;
         } else if h.name.eq_ignore_ascii_case("host") {
-            has_host = true;
+            hosts += 1;
+            // RFC 9112 §3.2: more than one Host, or an invalid one, is a 400.
+            if hosts > 1 || !valid_host(h.value) {
+                return Err(Refused(Reject::BadRequest));
+            }
         } else if h.name.eq_ignore_ascii_case("connection") {
             for token in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
                 close |= token.eq_ignore_ascii_case(b"close");
@@ -106,18 +201,24 @@ pub fn parse_head(buf: &[u8], max_head: usize) -> Result<Parsed, Reject> {
             if h.value.eq_ignore_ascii_case(b"100-continue") {
                 expect_continue = true;
             } else {
-                return Err(Reject::BadRequest);
+                return Err(Refused(Reject::BadRequest));
             }
         }
     }
     // RFC 9112 §3.2: a server must answer 400 to an HTTP/1.1 request without Host.
-    if minor_version == 1 && !has_host {
-        return Err(Reject::BadRequest);
+    if minor_version == 1 && hosts == 0 {
+        return Err(Refused(Reject::BadRequest));
     }
-    let content_length = content_length.unwrap_or(0);
-    if content_length > MAX_BODY_BYTES {
-        return Err(Reject::PayloadTooLarge);
-    }
+    let body = match (codings.seen, content_length) {
+        (false, None) | (false, Some(0)) => Body::Empty,
+        (false, Some(n)) if n > MAX_BODY_BYTES => return Err(Refused(Reject::PayloadTooLarge)),
+        (false, Some(n)) => Body::Length(n),
+        // RFC 9112 §6.1: both framings at once is how requests are smuggled; and HTTP/1.0
+        // has no transfer codings. Either is refused, and the connection closed.
+        (true, Some(_)) => return Err(Refused(Reject::BadRequest)),
+        (true, None) if minor_version == 0 => return Err(Refused(Reject::BadRequest)),
+        (true, None) => codings.framing().map_err(Refused)?,
+    };
 
     let base = buf.as_ptr() as usize;
     let offset = |s: &str| {
@@ -129,10 +230,114 @@ pub fn parse_head(buf: &[u8], max_head: usize) -> Result<Parsed, Reject> {
         method: offset(method),
         path: offset(path),
         minor_version,
-        content_length,
+        later_minor_at: None,
+        body,
         expect_continue,
         keep_alive: !close && (minor_version == 1 || keep_alive),
     }))
+}
+
+/// A head over the limit is 414 when the request target alone does not fit (RFC 9112
+/// §3: the request line never ended within the limit), 431 otherwise.
+fn too_large(buf: &[u8], max_head: usize) -> Reject {
+    let seen = &buf[..buf.len().min(max_head)];
+    let line_end = seen.iter().position(|b| *b == b'\n');
+    let method_end = seen.iter().position(|b| *b == b' ');
+    match (line_end, method_end) {
+        (None, Some(_)) => Reject::UriTooLong,
+        _ => Reject::HeaderTooLarge,
+    }
+}
+
+/// The transfer codings of a request, from every `Transfer-Encoding` line in order.
+#[derive(Default)]
+struct Codings {
+    seen: bool,
+    /// The last coding named, and whether it was chunked.
+    last_chunked: bool,
+    chunked: u32,
+    unknown: bool,
+}
+
+impl Codings {
+    fn add(&mut self, value: &[u8]) -> Result<(), Reject> {
+        self.seen = true;
+        for element in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+            // Empty list elements are allowed and mean nothing (RFC 9110 §5.6.1).
+            if element.is_empty() {
+                continue;
+            }
+            // A coding may carry parameters; its name is the token before them.
+            let name = element
+                .split(|b| *b == b';')
+                .next()
+                .unwrap_or_default()
+                .trim_ascii();
+            if name.is_empty() || !name.iter().all(|b| is_tchar(*b)) {
+                return Err(Reject::BadRequest);
+            }
+            let chunked = name.eq_ignore_ascii_case(b"chunked");
+            self.chunked += u32::from(chunked);
+            self.unknown |= !chunked;
+            self.last_chunked = chunked;
+        }
+        Ok(())
+    }
+
+    /// RFC 9112 §6.3: chunked must be the final coding (else the length cannot be
+    /// known: 400), applied once; anything besides it is a coding TCPie does not
+    /// implement (§6.1: 501).
+    fn framing(&self) -> Result<Body, Reject> {
+        if !self.last_chunked || self.chunked > 1 {
+            Err(Reject::BadRequest)
+        } else if self.unknown {
+            Err(Reject::UnknownCoding)
+        } else {
+            Ok(Body::Chunked)
+        }
+    }
+}
+
+/// A token character (RFC 9110 §5.6.2).
+pub fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// RFC 9110 §7.2: `Host = uri-host [ ":" port ]`, with uri-host an IP literal in
+/// brackets, or a reg-name / IPv4 address (unreserved, percent-encoded and sub-delims
+/// characters). Empty is valid (a target without an authority).
+fn valid_host(value: &[u8]) -> bool {
+    let (host, port) = match value.strip_prefix(b"[") {
+        Some(rest) => {
+            let Some(close) = rest.iter().position(|b| *b == b']') else {
+                return false;
+            };
+            let literal = &rest[..close];
+            if literal.is_empty()
+                || !literal
+                    .iter()
+                    .all(|b| b.is_ascii_hexdigit() || b":.vV%".contains(b) || is_reg_name_char(*b))
+            {
+                return false;
+            }
+            (&[][..], &rest[close + 1..])
+        }
+        None => match value.iter().position(|b| *b == b':') {
+            Some(colon) => (&value[..colon], &value[colon..]),
+            None => (value, &[][..]),
+        },
+    };
+    let port_ok = match port {
+        [] => true,
+        [b':', digits @ ..] => digits.iter().all(u8::is_ascii_digit),
+        _ => false,
+    };
+    port_ok && host.iter().all(|b| is_reg_name_char(*b) || *b == b'%')
+}
+
+/// unreserved / sub-delims (RFC 3986 §2.2, §2.3).
+fn is_reg_name_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b)
 }
 
 fn parse_content_length(value: &[u8]) -> Option<u64> {
@@ -157,16 +362,19 @@ pub fn reason(status: u16) -> &'static str {
         408 => "Request Timeout",
         411 => "Length Required",
         413 => "Content Too Large",
+        414 => "URI Too Long",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
+        501 => "Not Implemented",
         503 => "Service Unavailable",
         _ => "",
     }
 }
 
 /// Writes a complete response into `out` (cleared first), with `Connection: close`
-/// unless `keep_alive`.
+/// unless `keep_alive`, and returns where its body starts. The `Date` line is not in
+/// it: the writer inserts it after the status line (see [`Answer`]).
 ///
 /// `retry_after` adds a `Retry-After` header in whole seconds.
 pub fn write_response(
@@ -176,7 +384,7 @@ pub fn write_response(
     retry_after: Option<u64>,
     keep_alive: bool,
     body: &[u8],
-) {
+) -> usize {
     out.clear();
     // Writing into a Vec cannot fail.
     let _ = write!(out, "HTTP/1.1 {status} {}\r\n", reason(status));
@@ -193,25 +401,69 @@ pub fn write_response(
     } else {
         b"Connection: close\r\n\r\n"
     });
+    let body_start = out.len();
     out.extend_from_slice(body);
+    body_start
+}
+
+/// A response ready to be written, built once: the bytes (without `Date`), the end of
+/// the status line (where the `Date` line goes) and the start of the body (where the
+/// answer to a `HEAD` stops).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    bytes: Bytes,
+    status_end: usize,
+    body_start: usize,
+}
+
+impl Answer {
+    /// A `text/plain` answer with `Connection: close`.
+    pub fn prebuilt(status: u16, retry_after: Option<u64>, body: &str) -> Answer {
+        let mut out = Vec::with_capacity(128 + body.len());
+        let body_start = write_response(
+            &mut out,
+            status,
+            "text/plain",
+            retry_after,
+            false,
+            body.as_bytes(),
+        );
+        Answer::new(Bytes::from(out), body_start)
+    }
+
+    /// An answer from bytes [`write_response`] wrote, and the body start it returned.
+    pub fn new(bytes: Bytes, body_start: usize) -> Answer {
+        let status_end = bytes
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .map_or(0, |at| at + 2);
+        Answer {
+            bytes,
+            status_end,
+            body_start,
+        }
+    }
+
+    /// The bytes before and after the `Date` line; without the body for a `HEAD`, whose
+    /// answer has the headers of the `GET` answer and no content (RFC 9110 §9.3.2).
+    pub fn parts(&self, head_only: bool) -> (&[u8], &[u8]) {
+        parts(&self.bytes, self.status_end, self.body_start, head_only)
+    }
+}
+
+/// [`Answer::parts`] for bytes [`write_response`] wrote into a buffer of one's own.
+pub fn parts(
+    bytes: &[u8],
+    status_end: usize,
+    body_start: usize,
+    head_only: bool,
+) -> (&[u8], &[u8]) {
+    let end = if head_only { body_start } else { bytes.len() };
+    (&bytes[..status_end], &bytes[status_end..end])
 }
 
 /// The built-in answer, prebuilt once: TCPie's default handler sends these bytes.
 pub const HELLO_BODY: &[u8] = b"Hello world !\n";
-
-/// A response ready to be written, built at start so rejections cost no formatting.
-pub fn prebuilt(status: u16, retry_after: Option<u64>, body: &str) -> Bytes {
-    let mut out = Vec::with_capacity(128 + body.len());
-    write_response(
-        &mut out,
-        status,
-        "text/plain",
-        retry_after,
-        false,
-        body.as_bytes(),
-    );
-    Bytes::from(out)
-}
 
 #[cfg(test)]
 mod tests {
@@ -224,6 +476,13 @@ mod tests {
         }
     }
 
+    fn refused(buf: &[u8]) -> Reject {
+        match parse_head(buf, 8192) {
+            Err(r) => r,
+            other => panic!("{other:?} for {:?}", String::from_utf8_lossy(buf)),
+        }
+    }
+
     #[test]
     fn parses_a_simple_request() {
         let buf = b"GET /hello?x=1 HTTP/1.1\r\nHost: example\r\nUser-Agent: t\r\n\r\nextra";
@@ -232,12 +491,37 @@ mod tests {
         assert_eq!(&buf[h.path.clone()], b"/hello?x=1");
         assert_eq!(h.minor_version, 1);
         assert_eq!(h.len, buf.len() - "extra".len());
-        assert_eq!(h.content_length, 0);
+        assert_eq!(h.body, Body::Empty);
+        assert_eq!(h.later_minor_at, None);
     }
 
     #[test]
     fn http_1_0_needs_no_host() {
         assert_eq!(head(b"GET / HTTP/1.0\r\n\r\n").minor_version, 0);
+    }
+
+    #[test]
+    fn later_minor_versions_read_as_1_1() {
+        let buf = b"GET / HTTP/1.2\r\nHost: x\r\n\r\n";
+        let h = head(buf);
+        assert_eq!(h.minor_version, 1);
+        assert_eq!(h.later_minor_at, Some(13));
+        assert_eq!(buf[13], b'2');
+        // Without Host it is still an HTTP/1.1 request missing its Host.
+        assert_eq!(refused(b"GET / HTTP/1.9\r\n\r\n"), Reject::BadRequest);
+        // Another major version is not ours.
+        assert_eq!(
+            refused(b"GET / HTTP/2.0\r\nHost: x\r\n\r\n"),
+            Reject::BadRequest
+        );
+        assert_eq!(
+            refused(b"GET / HTTP/1.x\r\nHost: x\r\n\r\n"),
+            Reject::BadRequest
+        );
+        assert_eq!(
+            parse_head(b"GET / HTTP/1.2\r\nHo", 8192),
+            Ok(Parsed::Partial)
+        );
     }
 
     #[test]
@@ -252,7 +536,6 @@ mod tests {
     fn malformed_requests_are_bad_requests() {
         for buf in [
             &b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"[..],
-            b"GET / HTTP/2.0\r\n\r\n",
             b"GET / FOO\r\n\r\n",
             b"GET / HTTP/1.1\r\n\r\n",
             b"G@T / HTTP/1.1\r\nHost: x\r\n\r\n",
@@ -261,9 +544,60 @@ mod tests {
             b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: x\r\nExpect: 200-ok\r\n\r\n",
+            b"GET * HTTP/1.1\r\nHost: x\r\n\r\n",
         ] {
-            assert_eq!(parse_head(buf, 8192), Err(Reject::BadRequest), "{buf:?}");
+            assert_eq!(refused(buf), Reject::BadRequest, "{buf:?}");
         }
+        assert!(matches!(
+            parse_head(b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n", 8192),
+            Ok(Parsed::Complete(_))
+        ));
+    }
+
+    #[test]
+    fn host_must_be_one_and_valid() {
+        for ok in [
+            &b"example.com"[..],
+            b"example.com:8080",
+            b"127.0.0.1:80",
+            b"[::1]:8080",
+            b"[fe80::1%25eth0]",
+            b"xn--bcher-kva.example",
+            b"",
+        ] {
+            let mut buf = b"GET / HTTP/1.1\r\nHost: ".to_vec();
+            buf.extend_from_slice(ok);
+            buf.extend_from_slice(b"\r\n\r\n");
+            head(&buf);
+        }
+        for bad in [
+            &b"a b"[..],
+            b"a:b",
+            b"a:80:80",
+            b"[::1",
+            b"[]",
+            b"a/b",
+            b"a@b",
+            b"[::1]x",
+        ] {
+            let mut buf = b"GET / HTTP/1.1\r\nHost: ".to_vec();
+            buf.extend_from_slice(bad);
+            buf.extend_from_slice(b"\r\n\r\n");
+            assert_eq!(
+                refused(&buf),
+                Reject::BadRequest,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(
+            refused(b"GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n"),
+            Reject::BadRequest
+        );
+        assert_eq!(
+            refused(b"GET / HTTP/1.0\r\nHost: a\r\nhost: b\r\n\r\n"),
+            Reject::BadRequest
+        );
     }
 
     #[test]
@@ -279,25 +613,75 @@ mod tests {
     fn bodies_have_one_known_length() {
         let h =
             head(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\ncontent-length: 5\r\n\r\n");
-        assert_eq!(h.content_length, 5);
+        assert_eq!(h.body, Body::Length(5));
         let h = head(
             b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\nExpect: 100-continue\r\n\r\n",
         );
         assert!(h.expect_continue);
         assert_eq!(
-            parse_head(
-                b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
-                8192
-            ),
-            Err(Reject::LengthRequired)
+            head(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").body,
+            Body::Empty
         );
         assert_eq!(
-            parse_head(
-                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 65537\r\n\r\n",
-                8192
-            ),
-            Err(Reject::PayloadTooLarge)
+            refused(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 65537\r\n\r\n"),
+            Reject::PayloadTooLarge
         );
+    }
+
+    #[test]
+    fn transfer_codings_follow_rfc_9112() {
+        let te = |value: &str| {
+            let buf = format!("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: {value}\r\n\r\n");
+            parse_head(buf.as_bytes(), 8192)
+        };
+        let chunked = |r: Result<Parsed, Reject>| {
+            matches!(
+                r,
+                Ok(Parsed::Complete(Head {
+                    body: Body::Chunked,
+                    ..
+                }))
+            )
+        };
+        assert!(chunked(te("chunked")));
+        assert!(chunked(te("Chunked")));
+        assert!(chunked(te(" chunked ,")));
+        // chunked not last (or not at all): the length cannot be known, 400.
+        assert_eq!(te("chunked, gzip"), Err(Reject::BadRequest));
+        assert_eq!(te("gzip"), Err(Reject::BadRequest));
+        assert_eq!(te("chunked, chunked"), Err(Reject::BadRequest));
+        assert_eq!(te(""), Err(Reject::BadRequest));
+        assert_eq!(te("chu nked"), Err(Reject::BadRequest));
+        // A coding before chunked that TCPie does not implement: 501.
+        assert_eq!(te("gzip, chunked"), Err(Reject::UnknownCoding));
+        assert_eq!(te("identity, chunked"), Err(Reject::UnknownCoding));
+        // Split over two lines, the list is the same.
+        assert_eq!(
+            refused(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Reject::UnknownCoding
+        );
+        assert_eq!(
+            refused(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n"),
+            Reject::BadRequest
+        );
+        // Both framings: 400 (and the connection closes); HTTP/1.0 has no codings.
+        assert_eq!(
+            refused(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Reject::BadRequest
+        );
+        assert_eq!(
+            refused(b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Reject::BadRequest
+        );
+    }
+
+    #[test]
+    fn connect_is_not_implemented() {
+        assert_eq!(
+            refused(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n"),
+            Reject::Connect
+        );
+        assert_eq!(Reject::Connect.status(), 501);
     }
 
     #[test]
@@ -319,20 +703,45 @@ mod tests {
     }
 
     #[test]
+    fn a_target_longer_than_the_limit_is_414() {
+        let mut buf = b"GET /".to_vec();
+        buf.resize(100_000, b'a');
+        assert_eq!(parse_head(&buf, 8192), Err(Reject::UriTooLong));
+        buf.extend_from_slice(b" HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(parse_head(&buf, 8192), Err(Reject::UriTooLong));
+        // A long header after a short request line is 431.
+        let mut buf = b"GET / HTTP/1.1\r\nX: ".to_vec();
+        buf.resize(100_000, b'a');
+        assert_eq!(parse_head(&buf, 8192), Err(Reject::HeaderTooLarge));
+    }
+
+    #[test]
+    fn head_requests_are_known_from_the_first_bytes() {
+        assert!(is_head(b"HEAD / HTTP/1.1\r\n"));
+        assert!(!is_head(b"HEADER / HTTP/1.1\r\n"));
+        assert!(!is_head(b"GET / HTTP/1.1\r\n"));
+    }
+
+    #[test]
     fn responses_are_exact() {
         let mut out = Vec::new();
-        write_response(&mut out, 200, "text/plain", None, false, HELLO_BODY);
+        let body_start = write_response(&mut out, 200, "text/plain", None, false, HELLO_BODY);
         assert_eq!(
             out,
             b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 14\r\n\
               Connection: close\r\n\r\nHello world !\n"
         );
-        let r = prebuilt(429, Some(3), "rate limited\n");
+        assert_eq!(&out[body_start..], HELLO_BODY);
+        let r = Answer::prebuilt(429, Some(3), "rate limited\n");
+        let (before, after) = r.parts(false);
+        assert_eq!(before, b"HTTP/1.1 429 Too Many Requests\r\n");
         assert_eq!(
-            &r[..],
-            b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain\r\nContent-Length: 13\r\n\
+            after,
+            b"Content-Type: text/plain\r\nContent-Length: 13\r\n\
               Retry-After: 3\r\nConnection: close\r\n\r\nrate limited\n"
         );
+        let (_, after) = r.parts(true);
+        assert!(after.ends_with(b"Connection: close\r\n\r\n"));
     }
 }
 
@@ -350,7 +759,9 @@ mod properties {
             if let Ok(Parsed::Complete(head)) = parse_head(&buf, max) {
                 prop_assert!(head.len <= buf.len() && head.len <= max);
                 prop_assert!(head.method.end <= head.len && head.path.end <= head.len);
-                prop_assert!(head.content_length <= MAX_BODY_BYTES);
+                if let Body::Length(n) = head.body {
+                    prop_assert!(n <= MAX_BODY_BYTES);
+                }
             }
         }
     }

@@ -12,7 +12,9 @@
 //! bound to `127.0.0.1:0`, their own registry, handler and shutdown future.
 
 pub mod admin;
+pub mod chunked;
 pub mod config;
+pub mod date;
 pub mod handler;
 pub mod healthcheck;
 pub mod http;

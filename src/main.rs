@@ -4,7 +4,8 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use tcpie::telemetry::{self, TraceSettings};
+use tcpie::config::TraceSettings;
+use tcpie::telemetry;
 use tcpie::{bind, run, shutdown, Config, Hello, Listeners};
 
 /// Exit code for a configuration error (EX_USAGE).
@@ -42,16 +43,12 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     }
-    let (config, traces) = match (Config::from_env(), TraceSettings::from_env()) {
-        (Ok(config), Ok(traces)) => (config, traces),
-        (config, traces) => {
+    // Both groups of variables are read together, so every problem is reported at once.
+    let (config, traces) = match tcpie::config::from_env() {
+        Ok(settings) => (settings.server, settings.traces),
+        Err(errors) => {
             eprintln!("tcpie: configuration error:");
-            let errors = config
-                .err()
-                .into_iter()
-                .chain(traces.err())
-                .flat_map(|e| e.0);
-            for e in errors {
+            for e in errors.0 {
                 eprintln!("  {e}");
             }
             eprintln!("tcpie: every variable is listed in README.md (Configuration, Tracing).");

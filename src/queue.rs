@@ -50,27 +50,22 @@ impl<T> Queue<T> {
 
     /// Queues `item` if a slot is free; gives it back otherwise, without waiting.
     pub fn try_submit(&self, item: T, now: Instant) -> Result<(), T> {
+        match self.try_reserve() {
+            Some(slot) => slot.submit(item, now),
+            None => Err(item),
+        }
+    }
+
+    /// Reserves a slot without queueing anything yet, for a request admitted before its
+    /// body is read (`Expect: 100-continue`). Dropping the reservation releases it.
+    pub fn try_reserve(&self) -> Option<Reservation<'_, T>> {
         let capacity = self.workers + self.queue_size;
-        let reserved = self
-            .in_system
+        self.in_system
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < capacity).then_some(n + 1)
-            });
-        if reserved.is_err() {
-            return Err(item);
-        }
-        if self.waiting.fetch_add(1, Ordering::AcqRel) == 0 {
-            self.mark_progress(now);
-        }
-        match self.tx.try_send(item) {
-            Ok(()) => Ok(()),
-            // Only after `close`: the queue no longer takes work.
-            Err(e) => {
-                self.waiting.fetch_sub(1, Ordering::AcqRel);
-                self.in_system.fetch_sub(1, Ordering::AcqRel);
-                Err(e.into_inner())
-            }
-        }
+            })
+            .ok()
+            .map(|_| Reservation { queue: Some(self) })
     }
 
     /// Waits for the next item; `None` once the queue is closed and empty.
@@ -148,6 +143,41 @@ impl<T> Queue<T> {
     }
 }
 
+/// A slot held for an item not yet queued; released when dropped unused.
+#[must_use = "a reservation is released when dropped"]
+pub struct Reservation<'a, T> {
+    queue: Option<&'a Queue<T>>,
+}
+
+impl<T> Reservation<'_, T> {
+    /// Queues `item` in the reserved slot; gives it back only if the queue was closed.
+    pub fn submit(mut self, item: T, now: Instant) -> Result<(), T> {
+        let Some(queue) = self.queue.take() else {
+            return Err(item);
+        };
+        if queue.waiting.fetch_add(1, Ordering::AcqRel) == 0 {
+            queue.mark_progress(now);
+        }
+        match queue.tx.try_send(item) {
+            Ok(()) => Ok(()),
+            // Only after `close`: the queue no longer takes work.
+            Err(e) => {
+                queue.waiting.fetch_sub(1, Ordering::AcqRel);
+                queue.in_system.fetch_sub(1, Ordering::AcqRel);
+                Err(e.into_inner())
+            }
+        }
+    }
+}
+
+impl<T> Drop for Reservation<'_, T> {
+    fn drop(&mut self) {
+        if let Some(queue) = self.queue {
+            queue.in_system.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,6 +213,22 @@ mod tests {
         assert_eq!(q.recv().await, Some("a"));
         assert_eq!(q.fill(), 1.0);
         assert_eq!(q.try_submit("b", Instant::now()), Err("b"));
+    }
+
+    #[tokio::test]
+    async fn a_reservation_holds_a_slot_until_submitted_or_dropped() {
+        let q = Queue::new(1, 1, Instant::now());
+        let a = q.try_reserve().unwrap();
+        let b = q.try_reserve().unwrap();
+        assert!(q.try_reserve().is_none());
+        assert_eq!(q.try_submit(9, Instant::now()), Err(9));
+        // Reserved, not yet waiting.
+        assert_eq!(q.depth(), 0);
+        drop(a);
+        b.submit(1, Instant::now()).unwrap();
+        assert_eq!(q.depth(), 1);
+        q.try_submit(2, Instant::now()).unwrap();
+        assert!(q.try_reserve().is_none());
     }
 
     #[tokio::test]

@@ -12,13 +12,14 @@
 //! This module does not parse HTTP (`http`), decide admission arithmetic (`ratelimit`,
 //! `queue`) or serve probes (`admin`).
 
+use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use futures_util::FutureExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -28,11 +29,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::chunked;
 use crate::config::Config;
+use crate::date;
 use crate::handler::{Handler, Request, Response};
-use crate::http::{self, Parsed, Reject};
+use crate::http::{self, Answer, Body, Parsed, Reject};
 use crate::metrics::{Metrics, Outcome};
-use crate::queue::Queue;
+use crate::queue::{Queue, Reservation};
 use crate::ratelimit::{retry_after_secs, TokenBucket};
 use crate::request_span::RequestSpan;
 
@@ -71,41 +74,67 @@ pub(crate) struct Core {
 
 /// Rejections, built once.
 struct Responses {
-    rate_limited: Vec<Bytes>,
-    queue_full: Bytes,
-    shutting_down: Bytes,
-    read_timeout: Bytes,
-    bad_request: Bytes,
-    length_required: Bytes,
-    payload_too_large: Bytes,
-    header_too_large: Bytes,
-    internal_error: Bytes,
+    rate_limited: Vec<Answer>,
+    queue_full: Answer,
+    shutting_down: Answer,
+    head_timeout: Answer,
+    body_timeout: Answer,
+    bad_request: Answer,
+    payload_too_large: Answer,
+    uri_too_long: Answer,
+    header_too_large: Answer,
+    unknown_coding: Answer,
+    connect: Answer,
+    internal_error: Answer,
 }
 
 impl Responses {
     fn new() -> Responses {
         Responses {
             rate_limited: (1..=PREBUILT_RETRY_AFTER)
-                .map(|s| http::prebuilt(429, Some(s), "rate limited\n"))
+                .map(|s| Answer::prebuilt(429, Some(s), "rate limited\n"))
                 .collect(),
-            queue_full: http::prebuilt(503, Some(1), "queue full\n"),
-            shutting_down: http::prebuilt(503, Some(1), "shutting down\n"),
-            read_timeout: http::prebuilt(408, None, "request head not received in time\n"),
-            bad_request: http::prebuilt(400, None, "malformed request\n"),
-            length_required: http::prebuilt(411, None, "send a Content-Length body\n"),
-            payload_too_large: http::prebuilt(413, None, "request body too large\n"),
-            header_too_large: http::prebuilt(431, None, "request head too large\n"),
-            internal_error: http::prebuilt(500, None, "internal error\n"),
+            queue_full: Answer::prebuilt(503, Some(1), "queue full\n"),
+            shutting_down: Answer::prebuilt(503, Some(1), "shutting down\n"),
+            head_timeout: Answer::prebuilt(408, None, "request head not received in time\n"),
+            body_timeout: Answer::prebuilt(408, None, "request body not received in time\n"),
+            bad_request: Answer::prebuilt(400, None, "malformed request\n"),
+            payload_too_large: Answer::prebuilt(413, None, "request body too large\n"),
+            uri_too_long: Answer::prebuilt(414, None, "request target too long\n"),
+            header_too_large: Answer::prebuilt(431, None, "request head too large\n"),
+            unknown_coding: Answer::prebuilt(
+                501,
+                None,
+                "transfer coding not implemented: send chunked or Content-Length\n",
+            ),
+            connect: Answer::prebuilt(
+                501,
+                None,
+                "CONNECT is not implemented: TCPie is not a proxy\n",
+            ),
+            internal_error: Answer::prebuilt(500, None, "internal error\n"),
         }
     }
 
-    fn rate_limited(&self, retry_after: u64) -> Bytes {
+    fn rate_limited(&self, retry_after: u64) -> Answer {
         match self
             .rate_limited
             .get(retry_after.saturating_sub(1) as usize)
         {
             Some(r) => r.clone(),
-            None => http::prebuilt(429, Some(retry_after), "rate limited\n"),
+            None => Answer::prebuilt(429, Some(retry_after), "rate limited\n"),
+        }
+    }
+
+    /// The answer, outcome and status of a request refused before admission.
+    fn refused(&self, reject: Reject) -> (&Answer, Outcome) {
+        match reject {
+            Reject::BadRequest => (&self.bad_request, Outcome::BadRequest),
+            Reject::PayloadTooLarge => (&self.payload_too_large, Outcome::BadRequest),
+            Reject::UnknownCoding => (&self.unknown_coding, Outcome::BadRequest),
+            Reject::Connect => (&self.connect, Outcome::BadRequest),
+            Reject::UriTooLong => (&self.uri_too_long, Outcome::HeaderTooLarge),
+            Reject::HeaderTooLarge => (&self.header_too_large, Outcome::HeaderTooLarge),
         }
     }
 }
@@ -162,6 +191,8 @@ pub(crate) struct Job {
     queue_span: tracing::Span,
     /// Answer with `Connection: keep-alive` rather than `close`.
     keep_alive: bool,
+    /// A `HEAD` request: the answer's headers without its body.
+    head_only: bool,
 }
 
 /// An accepted connection and the buffer its requests are read into.
@@ -273,14 +304,24 @@ fn is_connection_error(e: &std::io::Error) -> bool {
 enum Read {
     /// The first bytes arrived; the rest of the head is still to read.
     Started,
-    Request(Request),
+    /// A complete head; its body (if any) is still to read.
+    Head(http::Head, bytes::Bytes),
     /// The client closed or reset before a complete request.
     Closed,
     Rejected(Reject),
+    /// The head did not arrive by the read deadline.
     TimedOut,
+    /// The head arrived, its body did not, by the read deadline.
+    BodyTimedOut,
     Stopped,
     /// A kept-alive connection stayed idle, or the server is draining: close it quietly.
     Idle,
+}
+
+/// How one request ended: counted, traced, and whether its connection may carry more.
+struct Ended {
+    outcome: Outcome,
+    status: u16,
 }
 
 /// Serves one connection: one request, or with keep-alive as many as it may carry.
@@ -324,11 +365,14 @@ async fn serve_connection(core: Arc<Core>, mut conn: Conn) {
             Read::Closed => None,
             _ => Some(RequestSpan::new(conn.peer, core.server_port, conn.id)),
         };
+        // A HEAD is answered without a body whatever the answer is; the method is
+        // known from the first bytes, even when the rest of the head is refused.
+        let head_only = http::is_head(&conn.buf);
         if let Read::Started = read {
             read = tokio::select! {
                 biased;
                 _ = core.hard_stop.cancelled() => Read::Stopped,
-                read = timeout_at(deadline, read_request(&mut conn, &core.config)) => {
+                read = timeout_at(deadline, read_head(&mut conn, &core.config)) => {
                     read.unwrap_or(Read::TimedOut)
                 }
             };
@@ -336,7 +380,8 @@ async fn serve_connection(core: Arc<Core>, mut conn: Conn) {
         let mut keep = false;
         let responses = &core.responses;
         let (conn_back, ended) = match (read, &span) {
-            (Read::Request(request), Some(span)) => {
+            (Read::Head(head, bytes), Some(span)) => {
+                let request = Request::new(bytes, &head);
                 span.request(&request);
                 // Each request on a kept-alive connection is admitted on its own; one that
                 // is rejected, the last one allowed, or one during shutdown closes it.
@@ -344,38 +389,45 @@ async fn serve_connection(core: Arc<Core>, mut conn: Conn) {
                     && request.wants_keep_alive
                     && served + 1 < core.config.max_requests_per_connection
                     && !core.shutting_down.load(Ordering::Acquire);
-                admit(&core, conn, request, span, keep).await
+                let admitted = AdmitRequest {
+                    request,
+                    span,
+                    keep_alive: keep,
+                    head_only,
+                };
+                receive(
+                    &core,
+                    conn,
+                    head.body,
+                    head.expect_continue,
+                    deadline,
+                    admitted,
+                )
+                .await
             }
-            (Read::Closed | Read::Started | Read::Idle, _) | (Read::Request(_), None) => {
+            (Read::Closed | Read::Started | Read::Idle, _) | (Read::Head(..), None) => {
                 (Some(conn), None)
             }
             (Read::TimedOut, _) => {
-                respond(&core, &mut conn, &responses.read_timeout).await;
-                (Some(conn), Some((Outcome::ReadTimeout, 408)))
+                respond(&core, &mut conn, &responses.head_timeout, head_only).await;
+                (Some(conn), Some(ended(Outcome::ReadTimeout, 408)))
+            }
+            (Read::BodyTimedOut, _) => {
+                respond(&core, &mut conn, &responses.body_timeout, head_only).await;
+                (Some(conn), Some(ended(Outcome::ReadTimeout, 408)))
             }
             (Read::Stopped, _) => {
-                respond(&core, &mut conn, &responses.shutting_down).await;
-                (Some(conn), Some((Outcome::ShuttingDown, 503)))
+                respond(&core, &mut conn, &responses.shutting_down, head_only).await;
+                (Some(conn), Some(ended(Outcome::ShuttingDown, 503)))
             }
             (Read::Rejected(reject), _) => {
-                let (response, outcome, status) = match reject {
-                    Reject::BadRequest => (&responses.bad_request, Outcome::BadRequest, 400),
-                    Reject::LengthRequired => {
-                        (&responses.length_required, Outcome::BadRequest, 411)
-                    }
-                    Reject::PayloadTooLarge => {
-                        (&responses.payload_too_large, Outcome::BadRequest, 413)
-                    }
-                    Reject::HeaderTooLarge => {
-                        (&responses.header_too_large, Outcome::HeaderTooLarge, 431)
-                    }
-                };
-                respond(&core, &mut conn, response).await;
-                (Some(conn), Some((outcome, status)))
+                let (answer, outcome) = responses.refused(reject);
+                respond(&core, &mut conn, answer, head_only).await;
+                (Some(conn), Some(ended(outcome, reject.status())))
             }
         };
         match ended {
-            Some((outcome, status)) => {
+            Some(Ended { outcome, status }) => {
                 if outcome == Outcome::Processed {
                     core.metrics
                         .request_duration
@@ -407,6 +459,10 @@ async fn serve_connection(core: Arc<Core>, mut conn: Conn) {
     }
 }
 
+fn ended(outcome: Outcome, status: u16) -> Ended {
+    Ended { outcome, status }
+}
+
 /// Waits for the client's first bytes. Idle connections cost no buffer until then.
 async fn first_bytes(conn: &mut Conn, config: &Config) -> Read {
     if conn.stream.readable().await.is_err() {
@@ -420,8 +476,8 @@ async fn first_bytes(conn: &mut Conn, config: &Config) -> Read {
     }
 }
 
-/// Reads one request head, and discards its body, into `conn.buf`.
-async fn read_request(conn: &mut Conn, config: &Config) -> Read {
+/// Reads one request head into `conn.buf` and splits it off.
+async fn read_head(conn: &mut Conn, config: &Config) -> Read {
     let max_head = config.max_header_bytes;
     let head = loop {
         if !conn.buf.is_empty() {
@@ -445,87 +501,225 @@ async fn read_request(conn: &mut Conn, config: &Config) -> Read {
             Ok(_) => {}
         }
     };
+    // `HTTP/1.2` reads as the HTTP/1.1 it is answered as, for the handler and tracing too.
+    if let Some(at) = head.later_minor_at {
+        conn.buf[at] = b'1';
+    }
+    let bytes = conn.buf.split_to(head.len).freeze();
+    Read::Head(head, bytes)
+}
 
-    let head_bytes = conn.buf.split_to(head.len).freeze();
-    let mut remaining = head.content_length;
-    if remaining > 0 {
-        if head.expect_continue
-            && conn.buf.is_empty()
-            && conn.stream.write_all(http::CONTINUE).await.is_err()
-        {
-            return Read::Closed;
-        }
-        loop {
+/// Reads and discards a request body, `Content-Length` or chunked, from `conn.buf` and
+/// the socket. Bytes after it stay in the buffer (the next request on a kept-alive
+/// connection).
+async fn read_body(conn: &mut Conn, body: Body) -> Result<(), Read> {
+    let mut decoder = chunked::Decoder::default();
+    let mut remaining = match body {
+        Body::Empty => return Ok(()),
+        Body::Length(n) => n,
+        Body::Chunked => 0,
+    };
+    loop {
+        if body == Body::Chunked {
+            let (consumed, done) = decoder.feed(&conn.buf).map_err(Read::Rejected)?;
+            let _ = conn.buf.split_to(consumed);
+            if done {
+                return Ok(());
+            }
+        } else {
             let take = remaining.min(conn.buf.len() as u64);
             let _ = conn.buf.split_to(take as usize);
             remaining -= take;
             if remaining == 0 {
-                break;
-            }
-            if conn.buf.capacity() < INITIAL_READ_BUFFER {
-                conn.buf.reserve(INITIAL_READ_BUFFER);
-            }
-            match conn.stream.read_buf(&mut conn.buf).await {
-                Ok(0) | Err(_) => return Read::Closed,
-                Ok(_) => {}
+                return Ok(());
             }
         }
+        if conn.buf.capacity() - conn.buf.len() < INITIAL_READ_BUFFER {
+            conn.buf.reserve(INITIAL_READ_BUFFER);
+        }
+        match conn.stream.read_buf(&mut conn.buf).await {
+            Ok(0) | Err(_) => return Err(Read::Closed),
+            Ok(_) => {}
+        }
     }
-    Read::Request(Request::new(head_bytes, &head))
 }
 
-/// Rate limit, then queue. Returns the connection (unless it was lost) and the outcome.
+/// A read request on its way to admission.
+struct AdmitRequest<'a> {
+    request: Request,
+    span: &'a RequestSpan,
+    keep_alive: bool,
+    head_only: bool,
+}
+
+/// Reads the request's body and passes it to admission. With `Expect: 100-continue`
+/// (and no body bytes sent yet), admission is decided first: a request that will be
+/// refused is answered at once, and its client never uploads the body for nothing
+/// (RFC 9110 §10.1.1); an admitted one holds its place while the body arrives.
+async fn receive(
+    core: &Core,
+    mut conn: Conn,
+    body: Body,
+    expect_continue: bool,
+    deadline: Instant,
+    req: AdmitRequest<'_>,
+) -> (Option<Conn>, Option<Ended>) {
+    let mut reserved = None;
+    if body != Body::Empty && expect_continue && conn.buf.is_empty() {
+        match decide(core) {
+            Ok(slot) => reserved = Some(slot),
+            Err((answer, outcome, status)) => {
+                respond(core, &mut conn, &answer, req.head_only).await;
+                return (Some(conn), Some(ended(outcome, status)));
+            }
+        }
+        if !write_all(core, &mut conn, http::CONTINUE).await {
+            return (None, None);
+        }
+    }
+    let read = tokio::select! {
+        biased;
+        _ = core.hard_stop.cancelled() => Err(Read::Stopped),
+        read = timeout_at(deadline, read_body(&mut conn, body)) => {
+            read.unwrap_or(Err(Read::BodyTimedOut))
+        }
+    };
+    let refusal = match read {
+        Ok(()) => return admit(core, conn, req, reserved).await,
+        Err(Read::Closed) => return (Some(conn), None),
+        Err(Read::Rejected(reject)) => {
+            let (answer, outcome) = core.responses.refused(reject);
+            (answer, outcome, reject.status())
+        }
+        Err(Read::Stopped) => (&core.responses.shutting_down, Outcome::ShuttingDown, 503),
+        Err(_) => (&core.responses.body_timeout, Outcome::ReadTimeout, 408),
+    };
+    respond(core, &mut conn, refusal.0, req.head_only).await;
+    (Some(conn), Some(ended(refusal.1, refusal.2)))
+}
+
+/// The admission decision: a reserved place among the workers and the queue, or the
+/// answer that refuses the request.
+fn decide(core: &Core) -> Result<Reservation<'_, Job>, (Answer, Outcome, u16)> {
+    if core.hard_stop.is_cancelled() {
+        return Err((
+            core.responses.shutting_down.clone(),
+            Outcome::ShuttingDown,
+            503,
+        ));
+    }
+    if let Some(bucket) = &core.bucket {
+        if let Err(wait) = bucket.try_acquire(Instant::now()) {
+            let answer = core.responses.rate_limited(retry_after_secs(wait));
+            return Err((answer, Outcome::RateLimited, 429));
+        }
+    }
+    core.queue
+        .try_reserve()
+        .ok_or_else(|| (core.responses.queue_full.clone(), Outcome::QueueFull, 503))
+}
+
+/// Rate limit, then queue (unless already decided). Returns the connection (unless it
+/// was lost) and how the request ended.
 async fn admit(
     core: &Core,
     mut conn: Conn,
-    request: Request,
-    span: &RequestSpan,
-    keep_alive: bool,
-) -> (Option<Conn>, Option<(Outcome, u16)>) {
-    if core.hard_stop.is_cancelled() {
-        respond(core, &mut conn, &core.responses.shutting_down).await;
-        return (Some(conn), Some((Outcome::ShuttingDown, 503)));
-    }
-    let now = Instant::now();
-    if let Some(bucket) = &core.bucket {
-        if let Err(wait) = bucket.try_acquire(now) {
-            let response = core.responses.rate_limited(retry_after_secs(wait));
-            respond(core, &mut conn, &response).await;
-            return (Some(conn), Some((Outcome::RateLimited, 429)));
+    req: AdmitRequest<'_>,
+    reserved: Option<Reservation<'_, Job>>,
+) -> (Option<Conn>, Option<Ended>) {
+    let slot = match reserved.map_or_else(|| decide(core), Ok) {
+        Ok(slot) => slot,
+        Err((answer, outcome, status)) => {
+            respond(core, &mut conn, &answer, req.head_only).await;
+            return (Some(conn), Some(ended(outcome, status)));
         }
-    }
+    };
     let (reply, answered) = oneshot::channel();
     let job = Job {
         conn,
-        request,
-        enqueued: now,
+        request: req.request,
+        enqueued: Instant::now(),
         reply,
-        span: span.clone(),
-        queue_span: span.queue_span(),
-        keep_alive,
+        span: req.span.clone(),
+        queue_span: req.span.queue_span(),
+        keep_alive: req.keep_alive,
+        head_only: req.head_only,
     };
-    match core.queue.try_submit(job, now) {
+    match slot.submit(job, Instant::now()) {
         Ok(()) => match answered.await {
-            Ok((conn, outcome, status)) => (Some(conn), Some((outcome, status))),
+            Ok((conn, outcome, status)) => (Some(conn), Some(ended(outcome, status))),
             // The worker dropped the job without answering (it cannot, short of a bug):
             // the connection went with it.
             Err(_) => {
                 tracing::error!("a worker dropped a request without answering it");
-                (None, Some((Outcome::WriteError, 500)))
+                (None, Some(ended(Outcome::WriteError, 500)))
             }
         },
+        // Only after the queue closed, at the end of shutdown.
         Err(job) => {
             let mut conn = job.conn;
-            respond(core, &mut conn, &core.responses.queue_full).await;
-            (Some(conn), Some((Outcome::QueueFull, 503)))
+            respond(
+                core,
+                &mut conn,
+                &core.responses.shutting_down,
+                req.head_only,
+            )
+            .await;
+            (Some(conn), Some(ended(Outcome::ShuttingDown, 503)))
         }
     }
 }
 
-/// Writes a whole response within the write deadline; false if it could not.
-async fn respond(core: &Core, conn: &mut Conn, response: &[u8]) -> bool {
+/// Writes a whole answer, with its `Date`, within the write deadline; false if it could
+/// not.
+async fn respond(core: &Core, conn: &mut Conn, answer: &Answer, head_only: bool) -> bool {
+    let (before, after) = answer.parts(head_only);
+    respond_parts(core, conn, before, after).await
+}
+
+/// Writes `before`, the `Date` line, then `after`, in one system call when the socket
+/// takes it all (it almost always does), within the write deadline.
+async fn respond_parts(core: &Core, conn: &mut Conn, before: &[u8], after: &[u8]) -> bool {
+    let date = date::line();
+    let parts = [before, &date[..], after];
     matches!(
-        timeout(core.config.write_timeout(), conn.stream.write_all(response)).await,
+        timeout(
+            core.config.write_timeout(),
+            write_parts(&mut conn.stream, parts)
+        )
+        .await,
+        Ok(Ok(()))
+    )
+}
+
+async fn write_parts(stream: &mut TcpStream, parts: [&[u8]; 3]) -> std::io::Result<()> {
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    let mut written = 0;
+    while written < total {
+        let mut slices = [IoSlice::new(&[]); 3];
+        let mut n = 0;
+        let mut skip = written;
+        for part in parts {
+            if skip >= part.len() {
+                skip -= part.len();
+                continue;
+            }
+            slices[n] = IoSlice::new(&part[skip..]);
+            skip = 0;
+            n += 1;
+        }
+        match stream.write_vectored(&slices[..n]).await? {
+            0 => return Err(std::io::ErrorKind::WriteZero.into()),
+            w => written += w,
+        }
+    }
+    Ok(())
+}
+
+/// Writes bytes as they are (the interim `100 Continue`) within the write deadline.
+async fn write_all(core: &Core, conn: &mut Conn, bytes: &[u8]) -> bool {
+    matches!(
+        timeout(core.config.write_timeout(), conn.stream.write_all(bytes)).await,
         Ok(Ok(()))
     )
 }
@@ -575,6 +769,7 @@ pub(crate) async fn worker<H: Handler>(id: usize, core: Arc<Core>, handler: Arc<
     // the last answer are reused while status, type, body and keep-alive are unchanged,
     // which saves formatting the head on every request.
     let mut last: Option<(Response, bool)> = None;
+    let (mut status_end, mut body_start) = (0, 0);
     while let Some(job) = core.queue.recv().await {
         let Job {
             mut conn,
@@ -584,6 +779,7 @@ pub(crate) async fn worker<H: Handler>(id: usize, core: Arc<Core>, handler: Arc<
             span,
             queue_span,
             keep_alive,
+            head_only,
         } = job;
         drop(queue_span);
         let waited = enqueued.elapsed();
@@ -607,7 +803,7 @@ pub(crate) async fn worker<H: Handler>(id: usize, core: Arc<Core>, handler: Arc<
                         let same =
                             matches!(&last, Some((r, k)) if *k == keep_alive && r == response);
                         if !same {
-                            http::write_response(
+                            body_start = http::write_response(
                                 &mut out,
                                 response.status,
                                 response.content_type,
@@ -615,11 +811,16 @@ pub(crate) async fn worker<H: Handler>(id: usize, core: Arc<Core>, handler: Arc<
                                 keep_alive,
                                 &response.body,
                             );
+                            status_end =
+                                out.iter().position(|b| *b == b'\n').map_or(0, |at| at + 1);
                             last = Some((response.clone(), keep_alive));
                         }
-                        respond(&core, &mut conn, &out).await
+                        let (before, after) = http::parts(&out, status_end, body_start, head_only);
+                        respond_parts(&core, &mut conn, before, after).await
                     }
-                    Err(()) => respond(&core, &mut conn, &core.responses.internal_error).await,
+                    Err(()) => {
+                        respond(&core, &mut conn, &core.responses.internal_error, head_only).await
+                    }
                 };
                 let status = response.map_or(500, |r| r.status);
                 if written {
@@ -629,7 +830,7 @@ pub(crate) async fn worker<H: Handler>(id: usize, core: Arc<Core>, handler: Arc<
                 }
             }
             None => {
-                respond(&core, &mut conn, &core.responses.shutting_down).await;
+                respond(&core, &mut conn, &core.responses.shutting_down, head_only).await;
                 (Outcome::ShuttingDown, 503)
             }
         };

@@ -100,6 +100,41 @@ fn a_bad_value_refuses_to_start_naming_variable_and_value() {
     );
 }
 
+#[tokio::test]
+async fn bytes_that_are_not_utf8_never_panic() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    // In an unrelated variable (name or value): ignored, the server starts and serves.
+    let mut cmd = command(&[("TCPIE_BURST", "0")]);
+    cmd.env("X", OsStr::from_bytes(b"\xff"))
+        .env(OsStr::from_bytes(b"Y\xfe"), "1")
+        .arg("healthcheck");
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // The healthcheck reads the same configuration: it fails only to connect.
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("unhealthy"), "{stderr}");
+    let tcpie = common::process::spawn_with(&[], &[("TCPIE_BURST", "0")], |cmd| {
+        cmd.env("X", OsStr::from_bytes(b"\xff"));
+    });
+    assert_eq!(request(tcpie.tcp, GET).await.unwrap().status, 200);
+
+    // In one of ours: a configuration error naming it, with every other problem.
+    for name in ["TCPIE_WORKERS", "OTEL_SERVICE_NAME"] {
+        let mut cmd = command(&[("TCPIE_BURST", "-3")]);
+        cmd.env(name, OsStr::from_bytes(b"2\xff"));
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{stderr}");
+        assert!(
+            stderr.contains(&format!("{name}=\"2\u{fffd}\" is invalid")),
+            "{stderr}"
+        );
+        assert!(stderr.contains("TCPIE_BURST=\"-3\""), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
 #[test]
 fn an_unknown_variable_refuses_to_start_naming_the_closest() {
     let (code, stderr) = run_with(&[("TCPIE_RATE_PER_SECONDS", "5")]);

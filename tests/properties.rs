@@ -9,14 +9,17 @@ use std::time::Duration;
 
 use common::{config, parse_reply, start};
 use proptest::prelude::*;
-use tcpie::config::variable_names;
+use std::ffi::OsString;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+
+use tcpie::config::{otel_variable_names, variable_names};
 use tcpie::telemetry::TraceSettings;
 use tcpie::{Config, ConfigError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Statuses TCPie may answer a request with.
-const DEFINED: &[u16] = &[200, 400, 408, 411, 413, 429, 431, 503];
+const DEFINED: &[u16] = &[200, 400, 408, 413, 414, 429, 431, 501, 503];
 
 /// Requests from a valid one with random damage, and plain random bytes.
 fn request_bytes() -> impl Strategy<Value = Vec<u8>> {
@@ -105,10 +108,10 @@ proptest! {
 
     #[test]
     fn arbitrary_tcpie_values_configure_or_explain(
-        values in proptest::collection::vec((0..20usize, any_value()), 0..8),
+        values in proptest::collection::vec((0..variable_names().count(), any_value()), 0..8),
         unknown in proptest::option::of("TCPIE_[A-Z_]{1,12}"),
     ) {
-        let names: Vec<String> = variable_names().collect();
+        let names: Vec<String> = variable_names().map(String::from).collect();
         let mut vars: Vec<(String, String)> =
             values.into_iter().map(|(i, v)| (names[i].clone(), v)).collect();
         if let Some(u) = unknown {
@@ -136,15 +139,12 @@ proptest! {
 
     #[test]
     fn arbitrary_otel_values_configure_or_explain(
-        values in proptest::collection::vec((0..10usize, any_value()), 0..6),
+        values in proptest::collection::vec(
+            (0..otel_variable_names().count(), any_value()), 0..6),
     ) {
-        const OTEL: [&str; 10] = [
-            "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-            "OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES",
-            "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG", "OTEL_SDK_DISABLED",
-            "OTEL_BSP_SCHEDULE_DELAY", "OTEL_EXPORTER_OTLP_TIMEOUT",
-        ];
-        let vars: Vec<(String, String)> = values.into_iter().map(|(i, v)| (OTEL[i].to_string(), v)).collect();
+        let names: Vec<&str> = otel_variable_names().collect();
+        let vars: Vec<(String, String)> =
+            values.into_iter().map(|(i, v)| (names[i].to_string(), v)).collect();
         if let Err(errors) = TraceSettings::from_vars(vars.clone()) {
             for e in &errors.0 {
                 let ConfigError::Invalid { name, .. } = e else { panic!("{e}") };
@@ -152,12 +152,67 @@ proptest! {
             }
         }
     }
+
+    /// Arbitrary bytes, UTF-8 or not, in names and values: never a panic; every error
+    /// names one of our variables; unrelated variables never change the outcome.
+    #[test]
+    fn arbitrary_environments_configure_or_explain(
+        vars in proptest::collection::vec((os_name(), os_value()), 0..10),
+    ) {
+        let ours = |name: &OsString| {
+            let bytes = name.as_bytes();
+            bytes.starts_with(b"TCPIE_") || bytes.starts_with(b"OTEL_")
+        };
+        let full = tcpie::config::from_os_vars(vars.clone());
+        let only_ours: Vec<_> = vars.iter().filter(|(k, _)| ours(k)).cloned().collect();
+        prop_assert_eq!(&full, &tcpie::config::from_os_vars(only_ours));
+        if let Err(errors) = full {
+            prop_assert!(!errors.0.is_empty());
+            for e in &errors.0 {
+                let (ConfigError::Unknown { name, .. } | ConfigError::Invalid { name, .. }) = e;
+                prop_assert!(name.starts_with("TCPIE_") || name.starts_with("OTEL_"), "{}", name);
+                prop_assert!(
+                    vars.iter().any(|(k, _)| k.to_string_lossy() == name.as_str()),
+                    "{} was not given", name
+                );
+            }
+        }
+    }
+}
+
+/// Variable names: ours, ours with bytes appended (UTF-8 or not), and anything at all.
+fn os_name() -> impl Strategy<Value = OsString> {
+    let names: Vec<&'static str> = variable_names().chain(otel_variable_names()).collect();
+    let known = proptest::sample::select(names.clone()).prop_map(OsString::from);
+    let damaged = (
+        proptest::sample::select(names),
+        proptest::collection::vec(any::<u8>(), 1..4),
+    )
+        .prop_map(|(n, tail)| {
+            let mut bytes = n.as_bytes().to_vec();
+            bytes.extend(tail);
+            OsString::from_vec(bytes)
+        });
+    let random = proptest::collection::vec(
+        any::<u8>().prop_filter("no NUL or =", |b| *b != 0 && *b != b'='),
+        1..12,
+    )
+    .prop_map(OsString::from_vec);
+    prop_oneof![known, damaged, random]
+}
+
+/// Values: the usual suspects, and arbitrary bytes.
+fn os_value() -> impl Strategy<Value = OsString> {
+    prop_oneof![
+        any_value().prop_map(OsString::from),
+        proptest::collection::vec(any::<u8>(), 0..12).prop_map(OsString::from_vec),
+    ]
 }
 
 #[test]
 fn the_binary_starts_or_explains_for_arbitrary_values() {
     use proptest::strategy::ValueTree;
-    let names: Vec<String> = variable_names().collect();
+    let names: Vec<String> = variable_names().map(String::from).collect();
     let mut runner = proptest::test_runner::TestRunner::deterministic();
     for _ in 0..24 {
         let (index, value) = (0..names.len(), any_value())

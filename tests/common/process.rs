@@ -45,6 +45,15 @@ pub fn command(env: &[(&str, &str)]) -> Command {
 /// Starts the binary (optionally under a wrapper such as `prlimit`) and waits for its
 /// "listening" line to learn both ports.
 pub fn spawn(wrapper: &[&str], env: &[(&str, &str)]) -> Tcpie {
+    spawn_with(wrapper, env, |_| {})
+}
+
+/// [`spawn`], with a last change to the command (variables that are not text, say).
+pub fn spawn_with(
+    wrapper: &[&str],
+    env: &[(&str, &str)],
+    adjust: impl FnOnce(&mut Command),
+) -> Tcpie {
     let mut cmd = if wrapper.is_empty() {
         command(env)
     } else {
@@ -59,6 +68,7 @@ pub fn spawn(wrapper: &[&str], env: &[(&str, &str)]) -> Tcpie {
         }
         cmd
     };
+    adjust(&mut cmd);
     let mut child = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
