@@ -27,6 +27,11 @@ BARE = ROOT / "target" / "release" / "examples" / "bare"
 TICK = os.sysconf("SC_CLK_TCK")
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
 DURATION = int(os.environ.get("DURATION", "8"))
+# wrk's threads: 2 shares both cores with the server; 1 leaves the server a core of its
+# own, where differences in server CPU show most.
+WRK_THREADS = int(os.environ.get("WRK_THREADS", "2"))
+# Another tcpie binary (an earlier build, say) to run beside this one in A and D.
+BEFORE = os.environ.get("BEFORE")
 
 
 def free_port() -> int:
@@ -88,7 +93,7 @@ class Server:
             self.proc.wait()
 
 
-def start_tcpie(extra: dict) -> Server:
+def start_tcpie(extra: dict, binary: Path = TCPIE) -> Server:
     port = free_port()
     env = {
         "TCPIE_HOST": "127.0.0.1",
@@ -101,7 +106,7 @@ def start_tcpie(extra: dict) -> Server:
         "RUST_LOG": "info",
         **extra,
     }
-    server = Server("tcpie", [str(TCPIE)], env, port)
+    server = Server("tcpie", [str(binary)], env, port)
     server.admin_port = int(env["TCPIE_ADMIN_PORT"])
     return server
 
@@ -122,7 +127,7 @@ def start_nginx(keepalive: bool) -> Server:
 
 
 def wrk(port: int, connections: int, close: bool, duration: int = DURATION, pace_ms: int | None = None) -> dict:
-    argv = ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", "--timeout", "5s"]
+    argv = ["wrk", f"-t{WRK_THREADS}", f"-c{connections}", f"-d{duration}s", "--latency", "--timeout", "5s"]
     if close:
         argv += ["-H", "Connection: close"]
     env = dict(os.environ)
@@ -185,9 +190,12 @@ COLUMNS = [
 def scenario_a(out: list[str]) -> dict:
     figures = {}
     for conns in (64, 256):
-        results: dict[str, list[dict]] = {"tcpie": [], "bare tokio": [], "nginx": []}
+        servers = [("tcpie", lambda: start_tcpie({})), ("bare tokio", start_bare), ("nginx", lambda: start_nginx(False))]
+        if BEFORE:
+            servers.insert(1, ("tcpie (before)", lambda: start_tcpie({}, Path(BEFORE))))
+        results: dict[str, list[dict]] = {name: [] for name, _ in servers}
         for _ in range(ROUNDS):
-            for name, start in (("tcpie", lambda: start_tcpie({})), ("bare tokio", start_bare), ("nginx", lambda: start_nginx(False))):
+            for name, start in servers:
                 server = start()
                 try:
                     results[name].append(measure(server, connections=conns, close=True))
@@ -265,12 +273,16 @@ def scenario_c(out: list[str]) -> dict:
 
 
 def scenario_d(out: list[str]) -> dict:
-    results: dict[str, list[dict]] = {"tcpie (keep-alive)": [], "nginx (keep-alive)": []}
+    keep = {"TCPIE_KEEP_ALIVE": "true", "TCPIE_MAX_REQUESTS_PER_CONNECTION": "1000000"}
+    servers = [
+        ("tcpie (keep-alive)", lambda: start_tcpie(keep)),
+        ("nginx (keep-alive)", lambda: start_nginx(True)),
+    ]
+    if BEFORE:
+        servers.insert(1, ("tcpie before (keep-alive)", lambda: start_tcpie(keep, Path(BEFORE))))
+    results: dict[str, list[dict]] = {name: [] for name, _ in servers}
     for _ in range(ROUNDS):
-        for name, start in (
-            ("tcpie (keep-alive)", lambda: start_tcpie({"TCPIE_KEEP_ALIVE": "true", "TCPIE_MAX_REQUESTS_PER_CONNECTION": "1000000"})),
-            ("nginx (keep-alive)", lambda: start_nginx(True)),
-        ):
+        for name, start in servers:
             server = start()
             try:
                 results[name].append(measure(server, connections=64, close=False))
@@ -316,7 +328,7 @@ def main() -> int:
                f"{subprocess.run(['wrk', '--version'], capture_output=True, text=True).stdout.splitlines()[0] if False else 'wrk 4.1.0'}; "
                f"{subprocess.run(['nginx', '-v'], capture_output=True, text=True).stderr.strip()}; "
                f"{subprocess.run(['rustc', '--version'], capture_output=True, text=True).stdout.strip()}. "
-               f"Each load run: wrk -t2, {DURATION} s.")
+               f"Each load run: wrk -t{WRK_THREADS}, {DURATION} s.")
     figures = {}
     if "A" in only:
         figures["A"] = scenario_a(out)

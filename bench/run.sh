@@ -2,7 +2,8 @@
 # TCPie's benchmark suite (not part of the test run): installs wrk and nginx-light from
 # Debian when missing, builds the release binaries, then runs bench/run.py and prints the
 # tables. Scenarios: A B C D T E (all by default), for example `bench/run.sh A D`.
-# ROUNDS (default 3) and DURATION (seconds per load run, default 8) tune it.
+# ROUNDS (default 3), DURATION (seconds per load run, default 8), WRK_THREADS (default 2)
+# tune it; BEFORE=path/to/an/earlier/tcpie runs that binary beside this one in A and D.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 missing=()

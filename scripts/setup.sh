@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 declare -A provides=(
   [prlimit]=util-linux [kill]=procps [prometheus]=prometheus [promtool]=prometheus
-  [yamllint]=yamllint [kubectl]=kubectl [node]=nodejs [npm]=npm [python3]=python3
+  [yamllint]=yamllint [kubectl]=kubectl [node]=nodejs [npm]=npm [python3]=python3 [curl]=curl
 )
 missing=()
 for cmd in "${!provides[@]}"; do

@@ -69,6 +69,9 @@ class Tcpie:
     def get(self, path: str = "/") -> int:
         return http(f"http://{self.tcp}{path}")[0]
 
+    def probe(self, path: str) -> str:
+        return http(f"http://{self.admin}{path}")[1].decode()
+
     def metrics(self) -> str:
         status, body = http(f"http://{self.admin}/metrics")
         assert status == 200
