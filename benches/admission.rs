@@ -1,5 +1,5 @@
 //! Microbenchmarks of the admission path (scenario E of bench/run.sh): the token bucket,
-//! the queue slot, the head parser, and the metric updates of one request, uncontended and
+//! the pool's permits, the head parser, and the metric updates of one request, uncontended and
 //! with two threads. `cargo bench --bench admission`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use tcpie::http::parse_head;
-use tcpie::queue::Queue;
+use tcpie::pool::Pool;
 use tcpie::ratelimit::TokenBucket;
 use tcpie::{Metrics, Outcome};
 use tokio::time::Instant;
@@ -54,24 +54,21 @@ fn bucket(c: &mut Criterion) {
 }
 
 fn queue(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    let q = Queue::new(2, 1024, Instant::now());
-    c.bench_function("queue: submit + take + done, 1 thread", |b| {
-        b.iter(|| {
-            let now = Instant::now();
-            q.try_submit(black_box(1u64), now).unwrap();
-            let item = rt.block_on(q.recv());
-            q.done(now);
-            black_box(item)
-        })
+    let pool = Pool::new(2, 1024, Instant::now());
+    c.bench_function("pool: permit taken and given back, 1 thread", |b| {
+        b.iter(|| black_box(pool.try_enter(Instant::now())))
     });
-    let full = Queue::new(1, 0, Instant::now());
-    full.try_submit(0u64, Instant::now()).unwrap();
-    c.bench_function("queue: reject when full, 1 thread", |b| {
-        b.iter(|| black_box(full.try_submit(black_box(1u64), Instant::now()).is_err()))
+    let full = Pool::new(1, 0, Instant::now());
+    let _held = full.try_enter(Instant::now());
+    c.bench_function("pool: reject when full, 1 thread", |b| {
+        b.iter(|| black_box(full.try_enter(Instant::now()).is_none()))
     });
+    let queued = Pool::new(1, 1024, Instant::now());
+    let _held = queued.try_enter(Instant::now());
+    c.bench_function(
+        "pool: place in the queue taken and given up, 1 thread",
+        |b| b.iter(|| black_box(queued.try_enter(Instant::now()))),
+    );
 }
 
 fn parse(c: &mut Criterion) {

@@ -7,7 +7,6 @@
 //! each probe reads the queue as it is, and the kubelet's `failureThreshold` and
 //! `successThreshold` smooth it.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -45,12 +44,12 @@ impl ProbeBody {
     fn new(core: &Core, status: &'static str) -> ProbeBody {
         ProbeBody {
             status,
-            queue_depth: core.queue.depth(),
-            queue_capacity: core.queue.queue_size(),
-            workers: core.queue.workers(),
-            workers_busy: core.queue.busy(),
+            queue_depth: core.pool().depth(),
+            queue_capacity: core.pool().queue_size(),
+            workers: core.pool().workers(),
+            workers_busy: core.pool().busy(),
             tokens_available: core.tokens(Instant::now()),
-            shutting_down: core.shutting_down.load(Ordering::Acquire),
+            shutting_down: core.shutting_down(),
         }
     }
 }
@@ -79,8 +78,8 @@ pub(crate) async fn serve(
 async fn metrics(State(state): State<AdminState>) -> Response {
     let core = &state.core;
     let m = &core.metrics;
-    m.queue_depth.set(core.queue.depth() as i64);
-    m.workers_busy.set(core.queue.busy() as i64);
+    m.queue_depth.set(core.pool().depth() as i64);
+    m.workers_busy.set(core.pool().busy() as i64);
     m.rate_limit_tokens.set(core.tokens(Instant::now()));
     m.ready.set(i64::from(core.ready()));
     let mut body = Vec::with_capacity(8 * 1024);
@@ -116,7 +115,7 @@ async fn readyz(State(state): State<AdminState>) -> Response {
     if core.ready() {
         (StatusCode::OK, Json(ProbeBody::new(core, "ready"))).into_response()
     } else {
-        let status = if core.shutting_down.load(Ordering::Acquire) {
+        let status = if core.shutting_down() {
             "shutting down"
         } else {
             "saturated"

@@ -386,12 +386,33 @@ pub fn write_response(
     body: &[u8],
 ) -> usize {
     out.clear();
+    write_head(
+        out,
+        status,
+        content_type,
+        retry_after,
+        keep_alive,
+        body.len(),
+    );
+    let body_start = out.len();
+    out.extend_from_slice(body);
+    body_start
+}
+
+/// Appends a response head (status line to blank line, no `Date`) to `out`.
+fn write_head(
+    out: &mut Vec<u8>,
+    status: u16,
+    content_type: &str,
+    retry_after: Option<u64>,
+    keep_alive: bool,
+    body_len: usize,
+) {
     // Writing into a Vec cannot fail.
     let _ = write!(out, "HTTP/1.1 {status} {}\r\n", reason(status));
     let _ = write!(
         out,
-        "Content-Type: {content_type}\r\nContent-Length: {}\r\n",
-        body.len()
+        "Content-Type: {content_type}\r\nContent-Length: {body_len}\r\n"
     );
     if let Some(secs) = retry_after {
         let _ = write!(out, "Retry-After: {secs}\r\n");
@@ -401,9 +422,6 @@ pub fn write_response(
     } else {
         b"Connection: close\r\n\r\n"
     });
-    let body_start = out.len();
-    out.extend_from_slice(body);
-    body_start
 }
 
 /// A response ready to be written, built once: the bytes (without `Date`), the end of
@@ -460,6 +478,40 @@ pub fn parts(
 ) -> (&[u8], &[u8]) {
     let end = if head_only { body_start } else { bytes.len() };
     (&bytes[..status_end], &bytes[status_end..end])
+}
+
+/// The head of a handler's answer (status line to blank line, without `Date`), as an
+/// [`Answer`] with no body: the body is written from the handler's own bytes.
+///
+/// Handlers mostly answer the same thing (the built-in one always does), so each thread
+/// keeps the last head it built and reuses it while status, type, length and keep-alive
+/// are unchanged: no formatting on the common path, and the reference count touched is
+/// the thread's own.
+pub fn answer_head(
+    status: u16,
+    content_type: &'static str,
+    body_len: usize,
+    keep_alive: bool,
+) -> Answer {
+    type Key = (u16, &'static str, usize, bool);
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(Key, Answer)>> = const { std::cell::RefCell::new(None) };
+    }
+    let key = (status, content_type, body_len, keep_alive);
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some((k, answer)) = last.as_ref() {
+            if *k == key {
+                return answer.clone();
+            }
+        }
+        let mut out = Vec::with_capacity(128);
+        write_head(&mut out, status, content_type, None, keep_alive, body_len);
+        let len = out.len();
+        let answer = Answer::new(Bytes::from(out), len);
+        *last = Some((key, answer.clone()));
+        answer
+    })
 }
 
 /// The built-in answer, prebuilt once: TCPie's default handler sends these bytes.
@@ -742,6 +794,14 @@ mod tests {
         );
         let (_, after) = r.parts(true);
         assert!(after.ends_with(b"Connection: close\r\n\r\n"));
+        let head = answer_head(200, "text/plain", 14, true);
+        assert_eq!(head.parts(false).0, b"HTTP/1.1 200 OK\r\n");
+        assert_eq!(
+            head.parts(false).1,
+            b"Content-Type: text/plain\r\nContent-Length: 14\r\nConnection: keep-alive\r\n\r\n"
+        );
+        assert_eq!(answer_head(200, "text/plain", 14, true), head);
+        assert_ne!(answer_head(200, "text/plain", 15, true), head);
     }
 }
 

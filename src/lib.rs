@@ -1,11 +1,13 @@
 //! TCPie: a TCP server that protects itself under load.
 //!
 //! Each connection's HTTP/1.1 request is read under an absolute deadline, then admitted
-//! in two steps: a token bucket ([`ratelimit`], 429 when empty) and a non-blocking submit
-//! to a bounded queue ([`queue`], 503 when full) served by a fixed pool of workers
-//! ([`server`]) that run a [`Handler`] and answer. Metrics and probes are served by a
+//! in two steps: a token bucket ([`ratelimit`], 429 when empty), then one of
+//! `TCPIE_WORKERS` permits or one of `TCPIE_QUEUE_SIZE` places to wait for one, FIFO
+//! ([`pool`], 503 when both are full). An admitted request runs a [`Handler`] in its own
+//! connection's task ([`server`]) and is answered. Metrics and probes are served by a
 //! separate admin server ([`admin`], [`metrics`]); configuration comes from the
-//! environment ([`config`]); [`shutdown`] turns signals into a graceful drain.
+//! environment ([`config`]); [`shutdown`] turns signals into the phases of
+//! [`lifecycle`], a graceful drain.
 //!
 //! The binary is a thin wrapper: read the [`Config`], set up [`telemetry`], [`bind`] both
 //! listeners and call [`run`]. Tests and embedding applications do the same with listeners
@@ -18,8 +20,9 @@ pub mod date;
 pub mod handler;
 pub mod healthcheck;
 pub mod http;
+pub mod lifecycle;
 pub mod metrics;
-pub mod queue;
+pub mod pool;
 pub mod ratelimit;
 mod request_span;
 pub mod server;
@@ -35,6 +38,8 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::time::{sleep, timeout};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use lifecycle::Phase;
 
 pub use config::{Config, ConfigError, ConfigErrors, LogFormat};
 pub use handler::{Handler, Hello, Request, Response};
@@ -75,7 +80,7 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// The stop sequence: readiness fails at once; after `TCPIE_SHUTDOWN_DELAY_MS` the
 /// listener closes; every request already accepted is read, processed and answered
 /// within `TCPIE_SHUTDOWN_TIMEOUT_MS`; past it, what is left is answered 503
-/// (`shutting_down`). Then the workers and the admin server stop.
+/// (`shutting_down`). Then the admin server stops.
 pub async fn run<H: Handler>(
     config: Config,
     listeners: Listeners,
@@ -88,12 +93,6 @@ pub async fn run<H: Handler>(
     let core = Arc::new(server::Core::new(config, metrics, server_port));
     let handler = Arc::new(handler);
 
-    let workers = TaskTracker::new();
-    for id in 0..core.config.workers {
-        workers.spawn(server::worker(id, core.clone(), handler.clone()));
-    }
-    workers.close();
-
     let admin_stop = CancellationToken::new();
     let admin = tokio::spawn(admin::serve(
         listeners.admin,
@@ -102,18 +101,16 @@ pub async fn run<H: Handler>(
         admin_stop.clone(),
     ));
 
-    let stop_accepting = CancellationToken::new();
     let connections = TaskTracker::new();
     let accept = tokio::spawn(server::accept_loop(
         core.clone(),
+        handler,
         listeners.tcp,
-        stop_accepting.clone(),
         connections.clone(),
     ));
 
     shutdown.await;
-    core.shutting_down
-        .store(true, std::sync::atomic::Ordering::Release);
+    core.lifecycle.advance(Phase::Stopping);
     let delay = core.config.shutdown_delay();
     tracing::info!(
         delay_ms = delay.as_millis() as u64,
@@ -123,9 +120,8 @@ pub async fn run<H: Handler>(
         sleep(delay).await;
     }
 
-    stop_accepting.cancel();
+    core.lifecycle.advance(Phase::Draining);
     let _ = accept.await;
-    core.draining.cancel();
     connections.close();
     let drain = core.config.shutdown_timeout();
     tracing::info!(
@@ -140,7 +136,8 @@ pub async fn run<H: Handler>(
             left = connections.len(),
             "shutdown: drain deadline passed, answering what is left with 503"
         );
-        core.hard_stop.cancel();
+        core.lifecycle.advance(Phase::HardStop);
+        core.pool().close();
         if timeout(grace, connections.wait()).await.is_err() {
             tracing::warn!(
                 left = connections.len(),
@@ -148,10 +145,7 @@ pub async fn run<H: Handler>(
             );
         }
     }
-    core.queue.close();
-    if timeout(grace, workers.wait()).await.is_err() {
-        tracing::warn!("shutdown: workers did not finish in time");
-    }
+    core.lifecycle.advance(Phase::HardStop);
     tracing::info!("shutdown: requests drained, workers stopped");
     admin_stop.cancel();
     match admin.await {

@@ -39,7 +39,6 @@ impl RequestSpan {
             error.type = Empty,
             tcpie.outcome = Empty,
             tcpie.queue_wait_ms = Empty,
-            tcpie.worker = Empty,
             tcpie.connection_id = i64::try_from(connection_id).unwrap_or(i64::MAX),
         );
         if !span.is_disabled() {
@@ -77,12 +76,11 @@ impl RequestSpan {
         tracing::debug_span!(target: REQUEST_TARGET, parent: &self.0, "process")
     }
 
-    pub fn queued(&self, wait: std::time::Duration, worker: usize) {
+    /// The wait for a permit ended (at once, or after queueing).
+    pub fn queued(&self, wait: std::time::Duration) {
         if !self.0.is_disabled() {
             self.0
                 .record("tcpie.queue_wait_ms", wait.as_secs_f64() * 1000.0);
-            self.0
-                .record("tcpie.worker", i64::try_from(worker).unwrap_or(i64::MAX));
         }
     }
 

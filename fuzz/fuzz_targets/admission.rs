@@ -1,6 +1,8 @@
-//! The admission decision under arbitrary sequences of arrivals, time steps and worker
-//! progress: the bucket never admits more than `burst + rate × elapsed`, and the queue
-//! never holds more than `workers + queue_size` nor loses or reorders an item. The
+//! The admission decision under arbitrary sequences of arrivals, time steps, finished
+//! requests and waits given up: the bucket never admits more than `burst + rate ×
+//! elapsed`, the pool never holds more than `workers` permits and `queue_size` waiting,
+//! hands permits out in FIFO order, never idles a permit while someone waits, and leaks
+//! nothing. The
 //! harness lives in admission_check.rs, which the regression tests replay too.
 #![no_main]
 

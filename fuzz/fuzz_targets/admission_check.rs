@@ -3,9 +3,12 @@
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use tcpie::queue::Queue;
+use tcpie::pool::{Entry, Permit, Pool, Wait};
 use tcpie::ratelimit::TokenBucket;
 use tokio::time::Instant;
+
+/// A request waiting for a permit.
+type Waiting<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Option<Permit<'a>>> + 'a>>;
 
 pub fn check(data: &[u8]) {
     let [w, q, r, b, ops @ ..] = data else { return };
@@ -17,48 +20,76 @@ pub fn check(data: &[u8]) {
     let start = Instant::now();
     let mut now = start;
     let bucket = TokenBucket::new(rate, burst, start);
-    let queue = Queue::new(workers, queue_size, start);
-    let (mut admitted, mut next_id, mut in_system, mut busy) = (0u64, 0u64, 0usize, 0usize);
-    let mut received = Vec::new();
+    let pool = Pool::new(workers, queue_size, start);
+    let mut admitted = 0u64;
+    let mut next_id = 0u64;
+    // Requests being processed, and waiting (with their arrival order).
+    let mut running: Vec<(u64, Permit<'_>)> = Vec::new();
+    let mut waiting: Vec<(u64, Waiting<'_>)> = Vec::new();
+    let mut started: Vec<u64> = Vec::new();
 
     for op in ops {
-        match op % 4 {
+        match op % 5 {
             // Time passes: up to 255 ms.
-            0 => now += Duration::from_millis(u64::from(op / 4) * 4),
-            // A request arrives: bucket, then queue.
+            0 => now += Duration::from_millis(u64::from(op / 5) * 4),
+            // A request arrives: bucket, then pool.
             1 | 2 => {
                 if bucket.try_acquire(now).is_ok() {
                     admitted += 1;
-                    if queue.try_submit(next_id, now).is_ok() {
-                        in_system += 1;
+                    match pool.try_enter(now) {
+                        Some(Entry::Now(p)) => {
+                            started.push(next_id);
+                            running.push((next_id, p));
+                        }
+                        Some(Entry::Wait(w)) => waiting.push((next_id, Box::pin(Wait::permit(w)))),
+                        None => {}
                     }
                     next_id += 1;
                 }
             }
-            // A worker takes a request, or finishes one.
+            // A request finishes; waiters that got its permit start.
+            3 => {
+                if !running.is_empty() {
+                    let at = usize::from(op / 5) % running.len();
+                    drop(running.swap_remove(at));
+                }
+            }
+            // A waiting request gives up (a client leaves, a queue timeout).
             _ => {
-                if op & 4 == 0 {
-                    if busy < workers {
-                        if let Some(Some(id)) = queue.recv().now_or_never() {
-                            received.push(id);
-                            busy += 1;
-                        }
-                    }
-                } else if busy > 0 {
-                    queue.done(now);
-                    busy -= 1;
-                    in_system -= 1;
+                if !waiting.is_empty() {
+                    let at = usize::from(op / 5) % waiting.len();
+                    drop(waiting.remove(at));
                 }
             }
         }
+        // Waiters granted a permit start, in the order they arrived.
+        let mut still = Vec::new();
+        for (id, mut w) in waiting.drain(..) {
+            match w.as_mut().now_or_never() {
+                Some(Some(p)) => {
+                    // FIFO: nobody older is still waiting.
+                    assert!(still.is_empty(), "request {id} jumped the queue");
+                    started.push(id);
+                    running.push((id, p));
+                }
+                Some(None) => panic!("the pool never closes here"),
+                None => still.push((id, w)),
+            }
+        }
+        waiting = still;
+
         let elapsed = now.duration_since(start).as_secs_f64();
         assert!(admitted as f64 <= f64::from(burst) + rate * elapsed + 1e-6, "bucket over-admitted: {admitted} at {elapsed} s, rate {rate}, burst {burst}");
         let tokens = bucket.available(now);
         assert!((0.0..=f64::from(burst)).contains(&tokens));
-        assert!(in_system <= workers + queue_size, "queue over capacity");
-        assert_eq!(queue.busy(), busy);
-        assert_eq!(queue.depth() + queue.busy(), in_system);
+        assert!(running.len() <= workers, "more running than permits");
+        assert!(waiting.len() <= queue_size, "queue over capacity");
+        assert_eq!(pool.busy(), running.len());
+        assert_eq!(pool.depth(), waiting.len());
+        // A permit never idles while someone waits.
+        assert!(waiting.is_empty() || running.len() == workers, "a waiter was left behind");
     }
-    // Items leave in the order they came, none twice.
-    assert!(received.windows(2).all(|w| w[0] < w[1]));
+    drop(waiting);
+    drop(running);
+    assert_eq!((pool.busy(), pool.depth()), (0, 0), "a permit or a place leaked");
 }

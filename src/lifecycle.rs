@@ -1,0 +1,172 @@
+//! The server's lifecycle: one phase, published once, that every part reads.
+//!
+//! `Running` → `Stopping` (a stop signal: readiness fails, the listener stays open for
+//! `TCPIE_SHUTDOWN_DELAY_MS`) → `Draining` (the listener is closed; idle kept-alive
+//! connections close; accepted requests are still served) → `HardStop` (the drain
+//! deadline passed: whatever is left is answered 503).
+//!
+//! The request path reads the phase with one atomic load. A connection registers to be
+//! woken by a change only when it actually waits (a future that is not ready on its
+//! first poll), so a request served without waiting never touches a waiter list; and the
+//! waiter lists are sharded by connection, so no lock is shared by all connections. This module does not decide what each phase does; `crate::run` and the server
+//! do.
+
+use std::future::{poll_fn, Future};
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::task::Poll;
+
+use tokio::sync::futures::Notified;
+use tokio::sync::Notify;
+
+/// Where the server is in its life; phases only move forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    Running = 0,
+    Stopping = 1,
+    Draining = 2,
+    HardStop = 3,
+}
+
+/// Waiter lists, so that connections waiting at once rarely share one.
+const SHARDS: usize = 16;
+
+/// The phase, and the means to wait for the next one.
+#[derive(Debug, Default)]
+pub struct Lifecycle {
+    phase: AtomicU8,
+    changed: [Notify; SHARDS],
+}
+
+impl Lifecycle {
+    pub fn new() -> Lifecycle {
+        Lifecycle::default()
+    }
+
+    fn shard(&self, key: u64) -> &Notify {
+        &self.changed[key as usize % SHARDS]
+    }
+
+    pub fn phase(&self) -> Phase {
+        match self.phase.load(Ordering::SeqCst) {
+            0 => Phase::Running,
+            1 => Phase::Stopping,
+            2 => Phase::Draining,
+            _ => Phase::HardStop,
+        }
+    }
+
+    /// Whether `phase` has been reached.
+    pub fn reached(&self, phase: Phase) -> bool {
+        self.phase() >= phase
+    }
+
+    /// Moves to `phase` (never back) and wakes everyone waiting for a change.
+    pub fn advance(&self, phase: Phase) {
+        self.phase.fetch_max(phase as u8, Ordering::SeqCst);
+        for shard in &self.changed {
+            shard.notify_waiters();
+        }
+    }
+
+    /// Resolves once `phase` is reached.
+    pub async fn until(&self, phase: Phase) {
+        loop {
+            let notified = self.shard(0).notified();
+            if self.reached(phase) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Runs `fut` unless (or until) `phase` is reached: `None` if it was first.
+    ///
+    /// `fut` is polled first without any registration: a future ready at once (a request
+    /// whose bytes are already there, a handler that answers without waiting) never
+    /// touches a waiter list. Only a future that waits registers for phase changes, in
+    /// the list `key` (a connection id) picks.
+    pub async fn unless<F: Future>(&self, phase: Phase, key: u64, fut: F) -> Option<F::Output> {
+        if self.reached(phase) {
+            return None;
+        }
+        let mut fut = pin!(fut);
+        let mut change: Option<Pin<Box<Notified<'_>>>> = None;
+        poll_fn(|cx| {
+            if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+                return Poll::Ready(Some(out));
+            }
+            loop {
+                // Created before the phase is read again, so that an advance in between is
+                // not missed (a Notified counts the notifications made after its creation).
+                let notified = change.get_or_insert_with(|| Box::pin(self.shard(key).notified()));
+                if self.reached(phase) {
+                    return Poll::Ready(None);
+                }
+                match notified.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    // Some other phase was reached: wait for the next change.
+                    Poll::Ready(()) => change = None,
+                }
+            }
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tokio::time::{pause, sleep};
+
+    #[tokio::test]
+    async fn phases_only_move_forward() {
+        let l = Lifecycle::new();
+        assert_eq!(l.phase(), Phase::Running);
+        l.advance(Phase::Draining);
+        l.advance(Phase::Stopping);
+        assert_eq!(l.phase(), Phase::Draining);
+        assert!(l.reached(Phase::Stopping) && !l.reached(Phase::HardStop));
+    }
+
+    #[tokio::test]
+    async fn a_ready_future_runs_and_a_waiting_one_is_cut_short() {
+        pause();
+        let l = Arc::new(Lifecycle::new());
+        assert_eq!(l.unless(Phase::HardStop, 1, async { 7 }).await, Some(7));
+        let waiter = {
+            let l = l.clone();
+            tokio::spawn(async move {
+                l.unless(Phase::HardStop, 5, sleep(Duration::from_secs(3600)))
+                    .await
+            })
+        };
+        sleep(Duration::from_millis(10)).await;
+        // An earlier phase does not end it.
+        l.advance(Phase::Draining);
+        sleep(Duration::from_millis(10)).await;
+        assert!(!waiter.is_finished());
+        l.advance(Phase::HardStop);
+        assert_eq!(waiter.await.unwrap(), None);
+        // Once reached, nothing runs.
+        assert_eq!(l.unless(Phase::HardStop, 1, async { 7 }).await, None);
+    }
+
+    #[tokio::test]
+    async fn until_returns_once_reached() {
+        pause();
+        let l = Arc::new(Lifecycle::new());
+        let waiter = {
+            let l = l.clone();
+            tokio::spawn(async move { l.until(Phase::Draining).await })
+        };
+        l.advance(Phase::Stopping);
+        sleep(Duration::from_millis(10)).await;
+        assert!(!waiter.is_finished());
+        l.advance(Phase::Draining);
+        waiter.await.unwrap();
+        l.until(Phase::Stopping).await;
+    }
+}

@@ -1,0 +1,278 @@
+//! One connection's bytes: it owns the socket and the read buffer, reads a request head
+//! and body, writes an answer with its `Date`, and closes gracefully. Nothing else in the
+//! server touches the socket.
+//!
+//! Reading never waits longer than the deadline its caller gives. A buffer is allocated
+//! only once the client has sent something, so a silent connection costs no buffer.
+//! Closing sends FIN and reads until the client closes only when bytes may still arrive
+//! (as nginx's `lingering_close`): when the request was not read to its end, bytes beyond
+//! it were seen, or the last read filled the buffer. A client that sent exactly one
+//! request, all read, is closed at once, without a `shutdown()` call.
+
+use std::io::IoSlice;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::{timeout, timeout_at, Instant};
+
+use crate::chunked;
+use crate::date;
+use crate::http::{self, Answer, Body, Head, Parsed, Reject};
+use crate::lifecycle::{Lifecycle, Phase};
+
+/// First read buffer of a connection, allocated only once the client has sent something.
+const INITIAL_READ_BUFFER: usize = 1024;
+/// How long a closed connection waits for the client to close its side.
+const LINGER: Duration = Duration::from_secs(2);
+/// Most bytes read and discarded while lingering.
+const LINGER_BYTES: usize = 256 * 1024;
+
+/// An accepted connection.
+pub(crate) struct Conn {
+    stream: TcpStream,
+    buf: BytesMut,
+    pub peer: SocketAddr,
+    pub id: u64,
+    /// The last read left nothing behind in the socket (it did not fill the buffer).
+    drained: bool,
+    _open: OpenGuard,
+}
+
+/// Holds the connection-cap permit and the open-connections gauge while a connection lives.
+pub(crate) struct OpenGuard {
+    _permit: OwnedSemaphorePermit,
+    gauge: prometheus::IntGauge,
+}
+
+impl OpenGuard {
+    pub fn new(permit: OwnedSemaphorePermit, gauge: prometheus::IntGauge) -> OpenGuard {
+        OpenGuard {
+            _permit: permit,
+            gauge,
+        }
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+/// What reading produced, when it did not produce a head.
+pub(crate) enum ReadError {
+    /// The client closed or reset.
+    Closed,
+    /// Not a request TCPie accepts.
+    Rejected(Reject),
+}
+
+impl Conn {
+    pub fn new(stream: TcpStream, peer: SocketAddr, id: u64, open: OpenGuard) -> Conn {
+        Conn {
+            stream,
+            buf: BytesMut::new(),
+            peer,
+            id,
+            drained: true,
+            _open: open,
+        }
+    }
+
+    /// Whether bytes of a next request are already buffered (pipelining).
+    pub fn has_buffered(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
+    /// Whether the request being read is a `HEAD` (known from its first bytes).
+    pub fn is_head(&self) -> bool {
+        http::is_head(&self.buf)
+    }
+
+    async fn read_more(&mut self) -> Result<(), ReadError> {
+        let space = self.buf.capacity() - self.buf.len();
+        match self.stream.read_buf(&mut self.buf).await {
+            Ok(0) | Err(_) => Err(ReadError::Closed),
+            Ok(n) => {
+                self.drained = n < space;
+                Ok(())
+            }
+        }
+    }
+
+    /// Waits for the client's first bytes. Idle connections cost no buffer until then.
+    pub async fn first_bytes(&mut self, max_head: usize) -> Result<(), ReadError> {
+        if self.stream.readable().await.is_err() {
+            return Err(ReadError::Closed);
+        }
+        self.buf.reserve(INITIAL_READ_BUFFER.min(max_head));
+        self.read_more().await
+    }
+
+    /// Reads one request head and splits it off the buffer.
+    pub async fn read_head(&mut self, max_head: usize) -> Result<(Head, Bytes), ReadError> {
+        let head = loop {
+            if !self.buf.is_empty() {
+                match http::parse_head(&self.buf, max_head) {
+                    Ok(Parsed::Complete(head)) => break head,
+                    Ok(Parsed::Partial) => {}
+                    Err(reject) => return Err(ReadError::Rejected(reject)),
+                }
+            }
+            if self.buf.capacity() == self.buf.len() {
+                // Grow by doubling, never much past the largest head allowed.
+                let grow = self
+                    .buf
+                    .capacity()
+                    .min(max_head - self.buf.len().min(max_head))
+                    .max(1);
+                self.buf.reserve(grow);
+            }
+            self.read_more().await?;
+        };
+        // `HTTP/1.2` reads as the HTTP/1.1 it is answered as, for the handler and tracing.
+        if let Some(at) = head.later_minor_at {
+            self.buf[at] = b'1';
+        }
+        let bytes = self.buf.split_to(head.len).freeze();
+        Ok((head, bytes))
+    }
+
+    /// Reads and discards a request body, `Content-Length` or chunked. Bytes after it stay
+    /// in the buffer (the next request on a kept-alive connection).
+    pub async fn read_body(&mut self, body: Body) -> Result<(), ReadError> {
+        let mut decoder = chunked::Decoder::default();
+        let mut remaining = match body {
+            Body::Empty => return Ok(()),
+            Body::Length(n) => n,
+            Body::Chunked => 0,
+        };
+        loop {
+            if body == Body::Chunked {
+                let (consumed, done) = decoder.feed(&self.buf).map_err(ReadError::Rejected)?;
+                let _ = self.buf.split_to(consumed);
+                if done {
+                    return Ok(());
+                }
+            } else {
+                let take = remaining.min(self.buf.len() as u64);
+                let _ = self.buf.split_to(take as usize);
+                remaining -= take;
+                if remaining == 0 {
+                    return Ok(());
+                }
+            }
+            if self.buf.capacity() - self.buf.len() < INITIAL_READ_BUFFER {
+                self.buf.reserve(INITIAL_READ_BUFFER);
+            }
+            self.read_more().await?;
+        }
+    }
+
+    /// Writes a prebuilt answer (its head only, for a `HEAD`), with its `Date`, within
+    /// `limit`; false if it could not.
+    pub async fn answer(&mut self, answer: &Answer, head_only: bool, limit: Duration) -> bool {
+        let (before, after) = answer.parts(head_only);
+        self.write_dated([before, after, &[]], limit).await
+    }
+
+    /// Writes a handler's answer: its head, then its body unless `head_only`.
+    pub async fn answer_with_body(
+        &mut self,
+        head: &Answer,
+        body: &[u8],
+        head_only: bool,
+        limit: Duration,
+    ) -> bool {
+        let (before, after) = head.parts(false);
+        let body = if head_only { &[][..] } else { body };
+        self.write_dated([before, after, body], limit).await
+    }
+
+    /// Writes `parts[0]`, the `Date` line, then the other parts: one system call when the
+    /// socket takes it all (it almost always does).
+    async fn write_dated(&mut self, parts: [&[u8]; 3], limit: Duration) -> bool {
+        let date = date::line();
+        let parts = [parts[0], &date[..], parts[1], parts[2]];
+        matches!(
+            timeout(limit, write_parts(&mut self.stream, parts)).await,
+            Ok(Ok(()))
+        )
+    }
+
+    /// Writes bytes as they are (the interim `100 Continue`) within `limit`.
+    pub async fn write_raw(&mut self, bytes: &[u8], limit: Duration) -> bool {
+        matches!(
+            timeout(limit, self.stream.write_all(bytes)).await,
+            Ok(Ok(()))
+        )
+    }
+
+    /// Closes the connection. `complete`: the last request was read to its end.
+    ///
+    /// When nothing more can come (the request read whole, nothing buffered, the last
+    /// read drained the socket), it is simply closed. Otherwise it sends FIN and reads
+    /// until the client closes (for up to 2 s and 256 KiB), so that bytes the client sent
+    /// after the part we read do not make the kernel answer our response with a reset.
+    pub async fn close(mut self, lifecycle: &Lifecycle, complete: bool) {
+        if complete && self.buf.is_empty() && self.drained {
+            return;
+        }
+        if self.stream.shutdown().await.is_err() {
+            return;
+        }
+        let deadline = Instant::now() + LINGER;
+        let mut discarded = 0;
+        loop {
+            self.buf.clear();
+            if self.buf.capacity() < 512 {
+                self.buf.reserve(512);
+            }
+            let read = lifecycle
+                .unless(
+                    Phase::HardStop,
+                    self.id,
+                    timeout_at(deadline, self.stream.read_buf(&mut self.buf)),
+                )
+                .await;
+            match read {
+                Some(Ok(Ok(n))) if n > 0 && discarded < LINGER_BYTES => discarded += n,
+                _ => return,
+            }
+        }
+    }
+
+    /// Sets `TCP_NODELAY` (kept-alive connections: a whole answer is written at once, so
+    /// Nagle could only delay the next one).
+    pub fn set_nodelay(&self) {
+        let _ = self.stream.set_nodelay(true);
+    }
+}
+
+async fn write_parts(stream: &mut TcpStream, parts: [&[u8]; 4]) -> std::io::Result<()> {
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    let mut written = 0;
+    while written < total {
+        let mut slices = [IoSlice::new(&[]); 4];
+        let mut n = 0;
+        let mut skip = written;
+        for part in parts {
+            if skip >= part.len() {
+                skip -= part.len();
+                continue;
+            }
+            slices[n] = IoSlice::new(&part[skip..]);
+            skip = 0;
+            n += 1;
+        }
+        match stream.write_vectored(&slices[..n]).await? {
+            0 => return Err(std::io::ErrorKind::WriteZero.into()),
+            w => written += w,
+        }
+    }
+    Ok(())
+}

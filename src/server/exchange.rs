@@ -1,0 +1,305 @@
+//! One connection's requests, from its first byte to its close, in its own task: read the
+//! head (absolute deadline), then the body; admission; a permit now or a wait in the
+//! queue; the handler; the answer; the permit back. With keep-alive, again.
+//!
+//! Every request ends in exactly one [`End`], passed to [`finish`] (or, when the client
+//! leaves before its request is complete, in none: it is counted as a connection closed
+//! before a request). Reading holds neither a permit nor a place in the queue (except the
+//! body of an admitted `Expect: 100-continue` request). Phase changes reach a request
+//! only where it waits (see [`crate::lifecycle`]): past the drain deadline, whatever is
+//! left is answered 503.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use futures_util::FutureExt;
+use tokio::time::{sleep, timeout_at, Instant};
+use tracing::Instrument;
+
+use super::admission::Decision;
+use super::connection::{Conn, ReadError};
+use super::ending::{finish, End};
+use super::Core;
+use crate::handler::{Handler, Request, Response};
+use crate::http::{self, Body};
+use crate::lifecycle::Phase;
+use crate::metrics::Outcome;
+use crate::pool::{Entry, Permit};
+use crate::request_span::RequestSpan;
+
+/// How one request went.
+struct Ended {
+    end: End,
+    /// The request was read to its end (nothing of it is left in the socket).
+    complete: bool,
+    /// The connection may carry another request.
+    keep_alive: bool,
+}
+
+/// Serves one connection: one request, or with keep-alive as many as it may carry.
+pub(crate) async fn serve<H: Handler>(core: Arc<Core>, handler: Arc<H>, mut conn: Conn) {
+    let accepted = Instant::now();
+    let lifecycle = &core.lifecycle;
+    let read_timeout = core.config.read_timeout();
+    let max_head = core.config.max_header_bytes;
+    let id = conn.id;
+    let mut served: u64 = 0;
+    let complete = loop {
+        let first = served == 0;
+        // Wait for the request's first bytes. The first request's head has an absolute
+        // deadline from the accept; a kept-alive connection may idle up to its idle time
+        // (and closes quietly then, or when the listener closes), then its head gets the
+        // read deadline.
+        let (started, deadline, early) = if first {
+            let deadline = accepted + read_timeout;
+            let mut early = None;
+            if !conn.has_buffered() {
+                let wait = timeout_at(deadline, conn.first_bytes(max_head));
+                match lifecycle.unless(Phase::HardStop, id, wait).await {
+                    Some(Ok(Ok(()))) => {}
+                    // Closed without a byte (a port scan, a TCP probe): no request.
+                    Some(Ok(Err(_))) => {
+                        core.metrics.connections_closed_before_request.inc();
+                        break true;
+                    }
+                    Some(Err(_)) => early = Some(End::HeadTimeout),
+                    None => early = Some(End::ShuttingDown),
+                }
+            }
+            (accepted, deadline, early)
+        } else {
+            if !conn.has_buffered() {
+                let idle_until = Instant::now() + core.config.keep_alive_idle();
+                let wait = timeout_at(idle_until, conn.first_bytes(max_head));
+                if !matches!(
+                    lifecycle.unless(Phase::Draining, id, wait).await,
+                    Some(Ok(Ok(())))
+                ) {
+                    break true;
+                }
+            }
+            let now = Instant::now();
+            (now, now + read_timeout, None)
+        };
+
+        let span = RequestSpan::new(conn.peer, core.server_port, conn.id);
+        let exchange = Exchange {
+            core: &core,
+            span: &span,
+            // A HEAD is answered without a body whatever the answer is; the method is
+            // known from the first bytes, even when the rest of the head is refused.
+            head_only: conn.is_head(),
+        };
+        let ended = match early {
+            Some(end) => Some(Ended {
+                end: exchange.refuse(&mut conn, end).await,
+                complete: false,
+                keep_alive: false,
+            }),
+            None => {
+                let may_keep =
+                    core.config.keep_alive && served + 1 < core.config.max_requests_per_connection;
+                exchange.run(&mut conn, &*handler, deadline, may_keep).await
+            }
+        };
+        served += 1;
+        let Some(ended) = ended else {
+            if first {
+                core.metrics.connections_closed_before_request.inc();
+            }
+            span.closed_early();
+            break false;
+        };
+        finish(&core, &span, ended.end, started);
+        if !(ended.keep_alive && ended.complete && ended.end.outcome() == Outcome::Processed) {
+            break ended.complete;
+        }
+    };
+    conn.close(lifecycle, complete).await;
+}
+
+/// One request, from its head on.
+struct Exchange<'a> {
+    core: &'a Core,
+    span: &'a RequestSpan,
+    head_only: bool,
+}
+
+impl Exchange<'_> {
+    /// Head, body, admission, processing, answer. `None` when the client left before its
+    /// request was complete.
+    async fn run<H: Handler>(
+        &self,
+        conn: &mut Conn,
+        handler: &H,
+        deadline: Instant,
+        may_keep: bool,
+    ) -> Option<Ended> {
+        let core = self.core;
+        let id = conn.id;
+        let refused = |end| Ended {
+            end,
+            complete: false,
+            keep_alive: false,
+        };
+        let read = timeout_at(deadline, conn.read_head(core.config.max_header_bytes));
+        let (head, bytes) = match core.lifecycle.unless(Phase::HardStop, id, read).await {
+            Some(Ok(Ok(head))) => head,
+            Some(Ok(Err(ReadError::Closed))) => return None,
+            Some(Ok(Err(ReadError::Rejected(reject)))) => {
+                return Some(refused(self.refuse(conn, End::Refused(reject)).await))
+            }
+            Some(Err(_)) => return Some(refused(self.refuse(conn, End::HeadTimeout).await)),
+            None => return Some(refused(self.refuse(conn, End::ShuttingDown).await)),
+        };
+        let request = Request::new(bytes, &head);
+        self.span.request(&request);
+        // Each request on a kept-alive connection is admitted on its own; one that is
+        // rejected, the last one allowed, or one during shutdown closes it.
+        let keep_alive = may_keep && request.wants_keep_alive && !core.shutting_down();
+
+        // With `Expect: 100-continue` (and no body bytes sent yet), admission comes first:
+        // a request that will be refused is answered at once, and its client never uploads
+        // the body for nothing (RFC 9110 §10.1.1); an admitted one holds its place while
+        // the body arrives.
+        let mut admitted = None;
+        if head.body != Body::Empty && head.expect_continue && !conn.has_buffered() {
+            match core.admission.decide(&core.lifecycle, Instant::now()) {
+                Decision::Enter(entry) => admitted = Some(entry),
+                Decision::Refuse(end) => return Some(refused(self.refuse(conn, end).await)),
+            }
+            if !conn
+                .write_raw(http::CONTINUE, core.config.write_timeout())
+                .await
+            {
+                return None;
+            }
+        }
+        let read = timeout_at(deadline, conn.read_body(head.body));
+        match core.lifecycle.unless(Phase::HardStop, id, read).await {
+            Some(Ok(Ok(()))) => {}
+            Some(Ok(Err(ReadError::Closed))) => return None,
+            Some(Ok(Err(ReadError::Rejected(reject)))) => {
+                return Some(refused(self.refuse(conn, End::Refused(reject)).await))
+            }
+            Some(Err(_)) => return Some(refused(self.refuse(conn, End::BodyTimeout).await)),
+            None => return Some(refused(self.refuse(conn, End::ShuttingDown).await)),
+        }
+
+        let read_whole = |end| Ended {
+            end,
+            complete: true,
+            keep_alive,
+        };
+        let entry = match admitted {
+            Some(entry) => entry,
+            None => match core.admission.decide(&core.lifecycle, Instant::now()) {
+                Decision::Enter(entry) => entry,
+                Decision::Refuse(end) => return Some(read_whole(self.refuse(conn, end).await)),
+            },
+        };
+        let admitted_at = Instant::now();
+        // The `queue` span covers the wait for a permit: empty when one was free.
+        let queue_span = self.span.queue_span();
+        let permit = match entry {
+            Entry::Now(permit) => Some(permit),
+            Entry::Wait(wait) => core
+                .lifecycle
+                .unless(
+                    Phase::HardStop,
+                    id,
+                    wait.permit().instrument(queue_span.clone()),
+                )
+                .await
+                .flatten(),
+        };
+        drop(queue_span);
+        let Some(permit) = permit else {
+            return Some(read_whole(self.refuse(conn, End::ShuttingDown).await));
+        };
+        let waited = admitted_at.elapsed();
+        core.metrics.queue_wait.observe(waited.as_secs_f64());
+        self.span.queued(waited);
+        let end = self
+            .process(conn, handler, &request, permit, keep_alive)
+            .await;
+        Some(read_whole(end))
+    }
+
+    /// Runs the handler under the permit and writes its answer; the permit goes back once
+    /// the answer is written (or could not be).
+    async fn process<H: Handler>(
+        &self,
+        conn: &mut Conn,
+        handler: &H,
+        request: &Request,
+        permit: Permit<'_>,
+        keep_alive: bool,
+    ) -> End {
+        let core = self.core;
+        let work = run_handler(core, handler, request).instrument(self.span.process_span());
+        let limit = core.config.write_timeout();
+        let end = match core.lifecycle.unless(Phase::HardStop, conn.id, work).await {
+            Some(Ok(response)) => {
+                let head = http::answer_head(
+                    response.status,
+                    response.content_type,
+                    response.body.len(),
+                    keep_alive,
+                );
+                let written = conn
+                    .answer_with_body(&head, &response.body, self.head_only, limit)
+                    .await;
+                processed(response.status, written)
+            }
+            Some(Err(())) => {
+                let written = conn
+                    .answer(&core.answers.internal_error, self.head_only, limit)
+                    .await;
+                processed(500, written)
+            }
+            None => self.refuse(conn, End::ShuttingDown).await,
+        };
+        drop(permit);
+        end
+    }
+
+    /// Writes the prebuilt answer of `end` and returns `end`.
+    async fn refuse(&self, conn: &mut Conn, end: End) -> End {
+        if let Some(answer) = end.answer(&self.core.answers) {
+            conn.answer(&answer, self.head_only, self.core.config.write_timeout())
+                .await;
+        }
+        end
+    }
+}
+
+fn processed(status: u16, written: bool) -> End {
+    if written {
+        End::Processed { status }
+    } else {
+        End::WriteError { status }
+    }
+}
+
+/// Runs the handler (after the simulated work); `Err` if it panicked.
+async fn run_handler<H: Handler>(
+    core: &Core,
+    handler: &H,
+    request: &Request,
+) -> Result<Response, ()> {
+    let work = core.config.simulated_work();
+    if !work.is_zero() {
+        sleep(work).await;
+    }
+    match AssertUnwindSafe(handler.handle(request))
+        .catch_unwind()
+        .await
+    {
+        Ok(response) => Ok(response),
+        Err(_) => {
+            tracing::error!(path = request.path(), "the handler panicked; answered 500");
+            Err(())
+        }
+    }
+}
