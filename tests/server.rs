@@ -695,3 +695,21 @@ async fn a_pipelined_second_request_without_keep_alive_does_not_reset_the_first_
         assert_eq!(reply.header("connection").as_deref(), Some("close"));
     }
 }
+
+#[tokio::test]
+async fn a_silent_connection_accepted_before_the_stop_is_still_served() {
+    // Silent connections wait in the accept loop's idle set, not in tasks; when the
+    // listener closes they get tasks and are served like any accepted connection.
+    let mut server = start(tcpie::Config {
+        shutdown_delay_ms: 0,
+        ..config()
+    })
+    .await;
+    let mut silent = TcpStream::connect(server.addr).await.unwrap();
+    sleep(Duration::from_millis(100)).await;
+    let stop = server.stop();
+    sleep(Duration::from_millis(100)).await;
+    silent.write_all(GET).await.unwrap();
+    assert_eq!(read_reply(&mut silent).await.unwrap().status, 200);
+    timeout(Duration::from_secs(5), stop).await.unwrap().unwrap();
+}

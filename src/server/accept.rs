@@ -1,16 +1,25 @@
 //! The accept loop: takes connections until the listener closes (the `Draining` phase),
-//! never more than `TCPIE_MAX_CONNECTIONS` open, and gives each a task of its own
-//! ([`super::exchange`]). Accept errors never stop it: they are counted, logged at most
-//! every few seconds, and retried with a backoff.
+//! never more than `TCPIE_MAX_CONNECTIONS` open. Accept errors never stop it: they are
+//! counted, logged at most every few seconds, and retried with a backoff.
+//!
+//! A connection gets a task of its own ([`super::exchange`]) only once its first bytes
+//! arrive. Until then it waits in the loop's idle set: its socket's readiness is watched
+//! with a waker that names it, and its read deadline sits in one FIFO (deadlines come in
+//! accept order) behind a single timer. A silent connection costs its socket, a slot and
+//! a waker, not a task: a few hundred bytes. One whose deadline passes gets its task
+//! then, and is answered 408; at the end of the loop, every idle one gets its task.
 
+use std::collections::VecDeque;
 use std::pin::pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
+use slab::Slab;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
-use tokio::time::{sleep, Instant};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::time::{sleep, sleep_until, Instant};
 use tokio_util::task::TaskTracker;
 
 use super::connection::{Conn, OpenGuard};
@@ -33,65 +42,99 @@ pub(crate) async fn accept_loop<H: Handler>(
     listener: TcpListener,
     connections: TaskTracker,
 ) {
+    let spawn = |conn: Conn, accepted: Instant| {
+        connections.spawn(exchange::serve(
+            core.clone(),
+            handler.clone(),
+            conn,
+            accepted,
+        ));
+    };
     let limit = Arc::new(Semaphore::new(core.config.max_connections));
+    let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
+    let mut idle = Idle::new(ready_tx);
     let mut backoff = Duration::ZERO;
     let mut last_log: Option<Instant> = None;
     let mut unlogged: u64 = 0;
     // One wait for the end, registered once for the life of the loop.
     let mut stop = pin!(core.lifecycle.until(Phase::Draining));
+    let mut expiry = pin!(sleep_until(Instant::now()));
+    let mut permit = None;
     loop {
-        // The permit comes before accept(): at the cap, new connections wait in the
-        // kernel's backlog instead of in tasks of ours.
-        let permit = tokio::select! {
-            biased;
-            _ = &mut stop => break,
-            permit = limit.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
-        let accepted = tokio::select! {
-            biased;
-            _ = &mut stop => break,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                backoff = Duration::ZERO;
-                core.metrics.connections_accepted.inc();
-                core.metrics.connections_open.inc();
-                let id = core.next_connection_id.fetch_add(1, Ordering::Relaxed);
-                let open = OpenGuard::new(permit, core.metrics.connections_open.clone());
-                let conn = Conn::new(stream, peer, id, open);
-                if core.config.keep_alive {
-                    conn.set_nodelay();
-                }
-                connections.spawn(exchange::serve(core.clone(), handler.clone(), conn));
-            }
-            Err(error) => {
-                core.metrics.accept_errors.inc();
-                let now = Instant::now();
-                if last_log.is_none_or(|t| now.duration_since(t) >= ACCEPT_LOG_EVERY) {
-                    tracing::error!(%error, suppressed = unlogged, "accept failed; backing off");
-                    last_log = Some(now);
-                    unlogged = 0;
-                } else {
-                    unlogged += 1;
-                }
-                // A connection reset before we took it is the client's problem, not ours;
-                // anything else (out of file descriptors, of memory) would fail again at
-                // once, so wait before retrying rather than spin.
-                if is_connection_error(&error) {
-                    continue;
-                }
-                backoff = (backoff * 2).clamp(ACCEPT_BACKOFF_MIN, ACCEPT_BACKOFF_MAX);
-                tokio::select! {
-                    biased;
-                    _ = &mut stop => break,
-                    _ = sleep(backoff) => {}
-                }
+        let next_deadline = idle.next_deadline();
+        if let Some(at) = next_deadline {
+            if expiry.deadline() != at {
+                expiry.as_mut().reset(at);
             }
         }
+        tokio::select! {
+            biased;
+            _ = &mut stop => break,
+            Some((key, id)) = ready_rx.recv() => {
+                if let Some((conn, accepted)) = idle.take(key, id) {
+                    spawn(conn, accepted);
+                }
+            }
+            _ = &mut expiry, if next_deadline.is_some() => {
+                for (conn, accepted) in idle.expired(Instant::now()) {
+                    spawn(conn, accepted);
+                }
+            }
+            // The permit comes before accept(): at the cap, new connections wait in the
+            // kernel's backlog instead of in tasks of ours.
+            p = limit.clone().acquire_owned(), if permit.is_none() => match p {
+                Ok(p) => permit = Some(p),
+                Err(_) => break,
+            },
+            accepted = listener.accept(), if permit.is_some() => match accepted {
+                Ok((stream, peer)) => {
+                    backoff = Duration::ZERO;
+                    let Some(permit) = permit.take() else { continue };
+                    let accepted = Instant::now();
+                    core.metrics.connections_accepted.inc();
+                    core.metrics.connections_open.inc();
+                    let id = core.next_connection_id.fetch_add(1, Ordering::Relaxed);
+                    let open = OpenGuard::new(permit, core.metrics.connections_open.clone());
+                    let conn = Conn::new(stream, peer, id, open);
+                    if core.config.keep_alive {
+                        conn.set_nodelay();
+                    }
+                    let deadline = accepted + core.config.read_timeout();
+                    let max_head = core.config.max_header_bytes;
+                    if let Some(conn) = idle.park(conn, accepted, deadline, max_head) {
+                        spawn(conn, accepted);
+                    }
+                }
+                Err(error) => {
+                    core.metrics.accept_errors.inc();
+                    let now = Instant::now();
+                    if last_log.is_none_or(|t| now.duration_since(t) >= ACCEPT_LOG_EVERY) {
+                        tracing::error!(%error, suppressed = unlogged, "accept failed; backing off");
+                        last_log = Some(now);
+                        unlogged = 0;
+                    } else {
+                        unlogged += 1;
+                    }
+                    // A connection reset before we took it is the client's problem, not
+                    // ours; anything else (out of file descriptors, of memory) would fail
+                    // again at once, so wait before retrying rather than spin.
+                    if !is_connection_error(&error) {
+                        backoff = (backoff * 2).clamp(ACCEPT_BACKOFF_MIN, ACCEPT_BACKOFF_MAX);
+                        tokio::select! {
+                            biased;
+                            _ = &mut stop => break,
+                            _ = sleep(backoff) => {}
+                        }
+                    }
+                }
+            },
+        }
+    }
+    // The listener closes here; connections still silent wait on in tasks of their own
+    // (an accepted connection is served, even one still to send its head).
+    drop(listener);
+    for (conn, accepted) in idle.drain() {
+        spawn(conn, accepted);
     }
 }
 
@@ -101,4 +144,117 @@ fn is_connection_error(e: &std::io::Error) -> bool {
         e.kind(),
         ConnectionRefused | ConnectionAborted | ConnectionReset
     )
+}
+
+/// Connections accepted but silent so far.
+struct Idle {
+    /// Each with the time it was accepted.
+    conns: Slab<(Conn, Instant)>,
+    /// Read deadlines in accept order, so in time order: (deadline, slot, connection id).
+    /// An entry whose connection has left the slot is stale and skipped.
+    deadlines: VecDeque<(Instant, usize, u64)>,
+    ready: mpsc::UnboundedSender<(usize, u64)>,
+}
+
+/// Wakes the accept loop with the slot and id of a connection whose bytes arrived.
+struct Ready {
+    key: usize,
+    id: u64,
+    to: mpsc::UnboundedSender<(usize, u64)>,
+}
+
+impl Wake for Ready {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let _ = self.to.send((self.key, self.id));
+    }
+}
+
+impl Idle {
+    fn new(ready: mpsc::UnboundedSender<(usize, u64)>) -> Idle {
+        Idle {
+            conns: Slab::new(),
+            deadlines: VecDeque::new(),
+            ready,
+        }
+    }
+
+    /// Keeps `conn` until its first bytes arrive; gives it back if they already have
+    /// (read into its buffer: the common case, a client that sent its request at once).
+    fn park(
+        &mut self,
+        mut conn: Conn,
+        accepted: Instant,
+        deadline: Instant,
+        max_head: usize,
+    ) -> Option<Conn> {
+        if conn.try_first_bytes(max_head) {
+            return Some(conn);
+        }
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        let waker = Waker::from(Arc::new(Ready {
+            key,
+            id: conn.id,
+            to: self.ready.clone(),
+        }));
+        match conn.poll_first_bytes(&mut Context::from_waker(&waker)) {
+            Poll::Ready(()) => Some(conn),
+            Poll::Pending => {
+                self.deadlines.push_back((deadline, key, conn.id));
+                entry.insert((conn, accepted));
+                None
+            }
+        }
+    }
+
+    /// The connection in `key`, if it is still the one with `id`.
+    fn take(&mut self, key: usize, id: u64) -> Option<(Conn, Instant)> {
+        let taken = match self.conns.get(key) {
+            Some((conn, _)) if conn.id == id => Some(self.conns.remove(key)),
+            _ => None,
+        };
+        self.drop_stale();
+        taken
+    }
+
+    /// Removes the deadlines of connections that are gone, from the front, so the timer
+    /// is only armed for one that is still waiting.
+    fn drop_stale(&mut self) {
+        while let Some(&(_, key, id)) = self.deadlines.front() {
+            if self.conns.get(key).is_some_and(|(c, _)| c.id == id) {
+                break;
+            }
+            self.deadlines.pop_front();
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines.front().map(|(at, _, _)| *at)
+    }
+
+    /// The connections whose deadline has passed.
+    fn expired(&mut self, now: Instant) -> Vec<(Conn, Instant)> {
+        let mut out = Vec::new();
+        while let Some(&(at, key, id)) = self.deadlines.front() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop_front();
+            if self.conns.get(key).is_some_and(|(c, _)| c.id == id) {
+                out.push(self.conns.remove(key));
+            }
+        }
+        self.drop_stale();
+        out
+    }
+
+    /// Every connection still waiting.
+    fn drain(&mut self) -> impl Iterator<Item = (Conn, Instant)> + '_ {
+        self.deadlines.clear();
+        self.conns.drain()
+    }
 }

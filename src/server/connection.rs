@@ -104,6 +104,32 @@ impl Conn {
         }
     }
 
+    /// Reads the client's first bytes if they are already there, without waiting: true if
+    /// something came (bytes, or the close), false if the socket had nothing. The buffer
+    /// is given back when nothing came, so a silent connection holds none.
+    pub fn try_first_bytes(&mut self, max_head: usize) -> bool {
+        self.buf.reserve(INITIAL_READ_BUFFER.min(max_head));
+        let space = self.buf.capacity() - self.buf.len();
+        match self.stream.try_read_buf(&mut self.buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                self.buf = BytesMut::new();
+                false
+            }
+            Ok(n) => {
+                self.drained = n < space;
+                true
+            }
+            Err(_) => true,
+        }
+    }
+
+    /// Whether the client's first bytes (or its close) have arrived; if not, `cx` is woken
+    /// when they do. Lets silent connections wait together, without a task each. Call it
+    /// after [`Conn::try_first_bytes`] found nothing, so the socket's readiness is known.
+    pub fn poll_first_bytes(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        self.stream.poll_read_ready(cx).map(|_| ())
+    }
+
     /// Waits for the client's first bytes. Idle connections cost no buffer until then.
     pub async fn first_bytes(&mut self, max_head: usize) -> Result<(), ReadError> {
         if self.stream.readable().await.is_err() {

@@ -36,9 +36,14 @@ struct Ended {
     keep_alive: bool,
 }
 
-/// Serves one connection: one request, or with keep-alive as many as it may carry.
-pub(crate) async fn serve<H: Handler>(core: Arc<Core>, handler: Arc<H>, mut conn: Conn) {
-    let accepted = Instant::now();
+/// Serves one connection (accepted at `accepted`): one request, or with keep-alive as
+/// many as it may carry.
+pub(crate) async fn serve<H: Handler>(
+    core: Arc<Core>,
+    handler: Arc<H>,
+    mut conn: Conn,
+    accepted: Instant,
+) {
     let lifecycle = &core.lifecycle;
     let read_timeout = core.config.read_timeout();
     let max_head = core.config.max_header_bytes;
