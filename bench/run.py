@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""TCPie's benchmark suite: TCPie beside a bare tokio server and nginx, interleaved round
-by round, medians reported. Run it through bench/run.sh (which installs wrk and nginx and
+"""TCPie's benchmark suite: TCPie beside a bare tokio server, nginx and HAProxy,
+interleaved round by round, medians reported. Run it through bench/run.sh (which installs wrk and nginx and
 builds the release binaries). Loopback only; every run is bounded in time.
 
 The primary figure is the server's CPU time per request (user + system time from
@@ -29,7 +29,7 @@ ROUNDS = int(os.environ.get("ROUNDS", "3"))
 DURATION = int(os.environ.get("DURATION", "8"))
 # wrk's threads: 2 shares both cores with the server; 1 leaves the server a core of its
 # own, where differences in server CPU show most.
-WRK_THREADS = int(os.environ.get("WRK_THREADS", "2"))
+WRK_THREADS = [int(t) for t in os.environ.get("WRK_THREADS", "1 2").split()]
 # Another tcpie binary (an earlier build, say) to run beside this one in A and D.
 BEFORE = os.environ.get("BEFORE")
 
@@ -111,9 +111,19 @@ def start_tcpie(extra: dict, binary: Path = TCPIE) -> Server:
     return server
 
 
-def start_bare() -> Server:
+def start_bare(keepalive: bool = False) -> Server:
     port = free_port()
-    return Server("bare", [str(BARE), str(port)], None, port)
+    return Server("bare", [str(BARE), str(port)] + (["keepalive"] if keepalive else []), None, port)
+
+
+def start_haproxy(keepalive: bool) -> Server:
+    port = free_port()
+    prefix = Path(tempfile.mkdtemp(prefix="bench-haproxy-"))
+    conf = (ROOT / "bench" / "haproxy.cfg.in").read_text()
+    conf = conf.replace("@PORT@", str(port)).replace("@KEEPALIVE@", "75s" if keepalive else "1s")
+    conf = conf.replace("@CLOSEMODE@", "http-keep-alive" if keepalive else "httpclose")
+    (prefix / "haproxy.cfg").write_text(conf)
+    return Server("haproxy", ["haproxy", "-W", "-db", "-f", str(prefix / "haproxy.cfg")], None, port, True)
 
 
 def start_nginx(keepalive: bool) -> Server:
@@ -126,8 +136,8 @@ def start_nginx(keepalive: bool) -> Server:
     return Server("nginx", ["nginx", "-c", str(prefix / "nginx.conf"), "-p", str(prefix)], None, port, True)
 
 
-def wrk(port: int, connections: int, close: bool, duration: int = DURATION, pace_ms: int | None = None) -> dict:
-    argv = ["wrk", f"-t{WRK_THREADS}", f"-c{connections}", f"-d{duration}s", "--latency", "--timeout", "5s"]
+def wrk(port: int, connections: int, close: bool, duration: int = DURATION, pace_ms: int | None = None, threads: int = 2) -> dict:
+    argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", "--timeout", "5s"]
     if close:
         argv += ["-H", "Connection: close"]
     env = dict(os.environ)
@@ -189,20 +199,26 @@ COLUMNS = [
 
 def scenario_a(out: list[str]) -> dict:
     figures = {}
-    for conns in (64, 256):
-        servers = [("tcpie", lambda: start_tcpie({})), ("bare tokio", start_bare), ("nginx", lambda: start_nginx(False))]
-        if BEFORE:
-            servers.insert(1, ("tcpie (before)", lambda: start_tcpie({}, Path(BEFORE))))
-        results: dict[str, list[dict]] = {name: [] for name, _ in servers}
-        for _ in range(ROUNDS):
-            for name, start in servers:
-                server = start()
-                try:
-                    results[name].append(measure(server, connections=conns, close=True))
-                finally:
-                    server.stop()
-        out.append(table(f"A. Connection per request, {conns} connections (medians of {ROUNDS} interleaved rounds)", results, COLUMNS))
-        figures[conns] = {n: {k: median(r, k) for k in ("cpu_us_per_req", "rps", "p99_ms")} for n, r in results.items()}
+    servers = [
+        ("tcpie", lambda: start_tcpie({})),
+        ("bare tokio", start_bare),
+        ("nginx", lambda: start_nginx(False)),
+        ("haproxy", lambda: start_haproxy(False)),
+    ]
+    if BEFORE:
+        servers.insert(1, ("tcpie (before)", lambda: start_tcpie({}, Path(BEFORE))))
+    for threads in WRK_THREADS:
+        for conns in (64, 256):
+            results: dict[str, list[dict]] = {name: [] for name, _ in servers}
+            for _ in range(ROUNDS):
+                for name, start in servers:
+                    server = start()
+                    try:
+                        results[name].append(measure(server, connections=conns, close=True, threads=threads))
+                    finally:
+                        server.stop()
+            out.append(table(f"A. Connection per request, {conns} connections, wrk -t{threads} (medians of {ROUNDS} interleaved rounds)", results, COLUMNS))
+            figures[f"t{threads}-{conns}"] = {n: {k: median(r, k) for k in ("cpu_us_per_req", "rps", "p99_ms")} for n, r in results.items()}
     return figures
 
 
@@ -246,7 +262,10 @@ def scenario_b(out: list[str]) -> dict:
 def scenario_c(out: list[str]) -> dict:
     n = int(os.environ.get("IDLE_CONNECTIONS", "10000"))
     results = {}
-    for name, start in (("tcpie", lambda: start_tcpie({"TCPIE_READ_TIMEOUT_MS": "120000"})), ("nginx", lambda: start_nginx(True))):
+    servers = [("tcpie", lambda: start_tcpie({"TCPIE_READ_TIMEOUT_MS": "120000"})), ("nginx", lambda: start_nginx(True))]
+    if BEFORE:
+        servers.insert(1, ("tcpie (before)", lambda: start_tcpie({"TCPIE_READ_TIMEOUT_MS": "120000"}, Path(BEFORE))))
+    for name, start in servers:
         per = []
         for _ in range(ROUNDS):
             server = start()
@@ -276,20 +295,68 @@ def scenario_d(out: list[str]) -> dict:
     keep = {"TCPIE_KEEP_ALIVE": "true", "TCPIE_MAX_REQUESTS_PER_CONNECTION": "1000000"}
     servers = [
         ("tcpie (keep-alive)", lambda: start_tcpie(keep)),
+        ("bare tokio (keep-alive)", lambda: start_bare(True)),
         ("nginx (keep-alive)", lambda: start_nginx(True)),
+        ("haproxy (keep-alive)", lambda: start_haproxy(True)),
     ]
     if BEFORE:
         servers.insert(1, ("tcpie before (keep-alive)", lambda: start_tcpie(keep, Path(BEFORE))))
-    results: dict[str, list[dict]] = {name: [] for name, _ in servers}
-    for _ in range(ROUNDS):
-        for name, start in servers:
-            server = start()
-            try:
-                results[name].append(measure(server, connections=64, close=False))
-            finally:
-                server.stop()
-    out.append(table(f"D. Keep-alive, 64 connections (medians of {ROUNDS} interleaved rounds)", results, COLUMNS))
-    return {n: {k: median(r, k) for k in ("rps", "cpu_us_per_req", "p99_ms")} for n, r in results.items()}
+    figures = {}
+    for threads in WRK_THREADS:
+        results: dict[str, list[dict]] = {name: [] for name, _ in servers}
+        for _ in range(ROUNDS):
+            for name, start in servers:
+                server = start()
+                try:
+                    results[name].append(measure(server, connections=64, close=False, threads=threads))
+                finally:
+                    server.stop()
+        out.append(table(f"D. Keep-alive, 64 connections, wrk -t{threads} (medians of {ROUNDS} interleaved rounds)", results, COLUMNS))
+        figures[f"t{threads}"] = {n: {k: median(r, k) for k in ("rps", "cpu_us_per_req", "p99_ms")} for n, r in results.items()}
+    return figures
+
+
+def scenario_s(out: list[str]) -> dict:
+    """System calls per request, connection per request, from a short strace -c -f run of
+    its own (tracing slows the server down, so it is kept out of the timed runs)."""
+    servers = [
+        ("tcpie", lambda: start_tcpie({})),
+        ("bare tokio", start_bare),
+        ("nginx", lambda: start_nginx(False)),
+        ("haproxy", lambda: start_haproxy(False)),
+    ]
+    if BEFORE:
+        servers.insert(1, ("tcpie (before)", lambda: start_tcpie({}, Path(BEFORE))))
+    per: dict[str, dict[str, float]] = {}
+    for name, start in servers:
+        server = start()
+        try:
+            pids = server.pids()
+            trace = subprocess.Popen(
+                ["strace", "-c", "-f", "-qq"] + [a for p in pids for a in ("-p", str(p))],
+                stderr=subprocess.PIPE, text=True,
+            )
+            time.sleep(0.5)
+            result = wrk(server.port, connections=16, close=True, duration=3, threads=1)
+            trace.send_signal(signal.SIGINT)
+            report = trace.communicate(timeout=30)[1]
+        finally:
+            server.stop()
+        calls = {}
+        for line in report.splitlines():
+            parts = line.split()
+            # % time, seconds, usecs/call, calls, [errors], syscall
+            if len(parts) >= 5 and parts[0].replace(".", "").isdigit() and parts[-1] != "total":
+                calls[parts[-1]] = int(parts[3])
+        per[name] = {k: v / max(result["requests"], 1) for k, v in calls.items()}
+    names = sorted({k for v in per.values() for k, x in v.items() if x >= 0.05})
+    out.append("\n### S. System calls per request, connection per request (strace -c -f, 3 s, 16 connections, wrk -t1)\n")
+    out.append("| syscall | " + " | ".join(per) + " |")
+    out.append("|---" * (len(per) + 1) + "|")
+    for call in names:
+        out.append(f"| {call} | " + " | ".join(f"{per[s].get(call, 0):.2f}" for s in per) + " |")
+    out.append("| **total** | " + " | ".join(f"{sum(v for v in per[s].values()):.2f}" for s in per) + " |")
+    return per
 
 
 def scenario_tracing(out: list[str]) -> dict:
@@ -322,13 +389,13 @@ def scenario_e(out: list[str]) -> None:
 
 
 def main() -> int:
-    only = set(sys.argv[1:]) or {"A", "B", "C", "D", "T", "E"}
+    only = set(sys.argv[1:]) or {"A", "B", "C", "D", "S", "T", "E"}
     out = [f"## Run of {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"]
     out.append(f"\nMachine: {os.cpu_count()} cores, {open('/proc/meminfo').readline().split()[1]} kB memory; "
                f"{subprocess.run(['wrk', '--version'], capture_output=True, text=True).stdout.splitlines()[0] if False else 'wrk 4.1.0'}; "
                f"{subprocess.run(['nginx', '-v'], capture_output=True, text=True).stderr.strip()}; "
                f"{subprocess.run(['rustc', '--version'], capture_output=True, text=True).stdout.strip()}. "
-               f"Each load run: wrk -t{WRK_THREADS}, {DURATION} s.")
+               f"Each load run: {DURATION} s; wrk -t2 unless a table says -t1.")
     figures = {}
     if "A" in only:
         figures["A"] = scenario_a(out)
@@ -338,6 +405,8 @@ def main() -> int:
         figures["C"] = scenario_c(out)
     if "D" in only:
         figures["D"] = scenario_d(out)
+    if "S" in only:
+        figures["S"] = scenario_s(out)
     if "T" in only:
         figures["T"] = scenario_tracing(out)
     if "E" in only:

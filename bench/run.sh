@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
 # TCPie's benchmark suite (not part of the test run): installs wrk and nginx-light from
-# Debian when missing, builds the release binaries, then runs bench/run.py and prints the
-# tables. Scenarios: A B C D T E (all by default), for example `bench/run.sh A D`.
-# ROUNDS (default 3), DURATION (seconds per load run, default 8), WRK_THREADS (default 2)
-# tune it; BEFORE=path/to/an/earlier/tcpie runs that binary beside this one in A and D.
+# Debian when missing (and HAProxy and strace), builds the release binaries, then runs
+# bench/run.py and prints the tables. Scenarios: A B C D S T E (all by default), for
+# example `bench/run.sh A D`. ROUNDS (default 3), DURATION (seconds per load run, default
+# 8), WRK_THREADS (default "1 2": A and D with each) tune it; BEFORE=path/to/an/earlier/tcpie runs that binary beside this one in A and D.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 missing=()
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 command -v nginx >/dev/null 2>&1 || missing+=(nginx-light)
 command -v pgrep >/dev/null 2>&1 || missing+=(procps)
+command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
+command -v strace >/dev/null 2>&1 || missing+=(strace)
 if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-# nginx-light's package may start a system nginx on port 80; the suite runs its own.
+# nginx-light's and haproxy's packages may start system services; the suite runs its own.
 cargo build --release --locked --bin tcpie --example bare
 ulimit -n 30000 2>/dev/null || true
 exec python3 bench/run.py "$@"

@@ -1,41 +1,71 @@
 //! The benchmark baseline: the least a tokio server can do for TCPie's answer. It accepts,
 //! reads until the end of the request head, writes the same 14-byte response TCPie sends,
-//! and closes; no queue, limiter, metrics or tracing. `bench/run.sh` runs it beside TCPie
-//! and nginx. Usage: `bare PORT`.
+//! and closes; with `keepalive`, it answers request after request on the connection
+//! instead. No queue, limiter, metrics or tracing. `bench/run.sh` runs it beside TCPie,
+//! nginx and HAProxy. Usage: `bare PORT [keepalive]`.
 
 use std::net::SocketAddr;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
-const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 14\r\n\
+const CLOSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 14\r\n\
 Connection: close\r\n\r\nHello world !\n";
+const KEEP_ALIVE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 14\r\n\
+Connection: keep-alive\r\n\r\nHello world !\n";
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
-    let port: u16 = std::env::args()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(8081);
+    let mut args = std::env::args().skip(1);
+    let port: u16 = args.next().and_then(|p| p.parse().ok()).unwrap_or(8081);
+    let keepalive = args.next().as_deref() == Some("keepalive");
     let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await?;
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
+        let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        tokio::spawn(async move {
-            let mut buf = [0u8; 1024];
-            let mut len = 0;
-            loop {
-                match stream.read(&mut buf[len..]).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => len += n,
-                }
-                if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") || len == buf.len() {
-                    break;
-                }
+        if keepalive {
+            tokio::spawn(serve_keepalive(stream));
+        } else {
+            tokio::spawn(serve_once(stream));
+        }
+    }
+}
+
+async fn serve_once(mut stream: TcpStream) {
+    let mut buf = [0u8; 1024];
+    let mut len = 0;
+    loop {
+        match stream.read(&mut buf[len..]).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => len += n,
+        }
+        if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") || len == buf.len() {
+            break;
+        }
+    }
+    let _ = stream.write_all(CLOSE).await;
+}
+
+async fn serve_keepalive(mut stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let mut buf = vec![0u8; 4096];
+    let mut len = 0;
+    loop {
+        // Answer every complete head in the buffer (pipelining), then read more.
+        while let Some(end) = buf[..len].windows(4).position(|w| w == b"\r\n\r\n") {
+            if stream.write_all(KEEP_ALIVE).await.is_err() {
+                return;
             }
-            let _ = stream.write_all(RESPONSE).await;
-            let _ = stream.shutdown().await;
-        });
+            buf.copy_within(end + 4..len, 0);
+            len -= end + 4;
+        }
+        if len == buf.len() {
+            return;
+        }
+        match stream.read(&mut buf[len..]).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => len += n,
+        }
     }
 }

@@ -13,8 +13,10 @@ echo "== cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
 echo "== cargo deny check licenses bans (the advisory database cannot be fetched here)"
 cargo deny --log-level error check licenses bans
-echo "== cargo test"
+echo "== cargo test (unit, integration, deterministic)"
 cargo test --locked
+echo "== cargo test --test load (load and fault tests, apart and one at a time)"
+cargo test --locked --test load -- --ignored --test-threads=1
 echo "== deploy checks"
 cargo build --locked
 TCPIE_GRAFANA_SCHEMA="$PWD/target/grafana-schema/dashboard.schema.json" \

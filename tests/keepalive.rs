@@ -106,35 +106,6 @@ async fn a_connection_carries_several_requests_each_admitted_on_its_own() {
 }
 
 #[tokio::test]
-async fn an_idle_connection_is_closed_after_the_idle_time() {
-    let server = start(tcpie::Config {
-        keep_alive_idle_ms: 300,
-        ..keep_alive()
-    })
-    .await;
-    let mut stream = TcpStream::connect(server.addr).await.unwrap();
-    stream.write_all(&get("/")).await.unwrap();
-    let mut pending = Vec::new();
-    assert_eq!(read_one(&mut stream, &mut pending).await.status, 200);
-    let idle_from = Instant::now();
-    assert!(closed_within(&mut stream, Duration::from_secs(3)).await);
-    let idled = idle_from.elapsed();
-    assert!(
-        idled >= Duration::from_millis(250) && idled < Duration::from_millis(1500),
-        "{idled:?}"
-    );
-    // An idle close is not a rejected request.
-    sleep(Duration::from_millis(50)).await;
-    server.assert_conservation().await;
-    assert_eq!(
-        server
-            .metric("tcpie_requests_total{outcome=\"read_timeout\"}")
-            .await,
-        0.0
-    );
-}
-
-#[tokio::test]
 async fn reuse_is_bounded_by_max_requests_per_connection() {
     let server = start(tcpie::Config {
         max_requests_per_connection: 3,
