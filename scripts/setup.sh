@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 declare -A provides=(
   [prlimit]=util-linux [kill]=procps [prometheus]=prometheus [promtool]=prometheus
   [yamllint]=yamllint [kubectl]=kubectl [node]=nodejs [npm]=npm [python3]=python3 [curl]=curl
+  [amtool]=prometheus-alertmanager [busybox]=busybox-static
 )
 missing=()
 for cmd in "${!provides[@]}"; do

@@ -33,7 +33,7 @@ def run(*cmd: str, input: bytes | None = None) -> subprocess.CompletedProcess:
 def test_promtool_checks_the_config_and_rules():
     for cmd in (
         ("promtool", "check", "config", "prometheus/prometheus.yml"),
-        ("promtool", "check", "rules", "prometheus/alerts.yml"),
+        ("promtool", "check", "rules", "prometheus/rules.yml", "prometheus/alerts.yml"),
         ("promtool", "test", "rules", "prometheus/alerts_test.yml"),
     ):
         r = run(*cmd)
@@ -108,7 +108,8 @@ def test_prometheus_scrapes_tcpie_and_answers_every_dashboard_query(start_tcpie,
         if job["job_name"] == "tcpie":
             job["static_configs"] = [{"targets": [tcpie.admin]}]
     config["scrape_configs"] = [j for j in config["scrape_configs"] if j["job_name"] == "tcpie"]
-    prometheus = start_prometheus(config, [PROMETHEUS_DIR / "alerts.yml"])
+    config.pop("alerting")  # no Alertmanager here; the rules are evaluated all the same
+    prometheus = start_prometheus(config, [PROMETHEUS_DIR / "rules.yml", PROMETHEUS_DIR / "alerts.yml"])
 
     # Traffic over several scrapes, so that rates and quantiles have data.
     deadline = time.monotonic() + 40
@@ -145,7 +146,12 @@ def test_prometheus_scrapes_tcpie_and_answers_every_dashboard_query(start_tcpie,
     assert checked == expected > 0
 
     rules = prometheus.api("rules")["groups"]
-    assert sum(len(g["rules"]) for g in rules) == 6
+    declared = sum(
+        len(g["rules"])
+        for f in ("rules.yml", "alerts.yml")
+        for g in yaml.safe_load((PROMETHEUS_DIR / f).read_text())["groups"]
+    )
+    assert sum(len(g["rules"]) for g in rules) == declared == 11
     assert all(r["health"] == "ok" for g in rules for r in g["rules"]), rules
 
 
@@ -193,6 +199,62 @@ def test_an_unknown_tcpie_variable_in_compose_would_fail(start_tcpie):
     assert b"TCPIE_WORKRS" in r.stderr
 
 
+def test_the_monitoring_does_not_wait_for_tcpie():
+    # A TCPie that crash-loops is when Prometheus, its alerts and Grafana are needed.
+    services = compose()["services"]
+    for name in ("prometheus", "grafana", "alertmanager", "jaeger"):
+        assert "tcpie" not in services[name].get("depends_on", {}), name
+        for dependency in services[name].get("depends_on", {}).values():
+            assert dependency["condition"] != "service_healthy", name
+    # Firing alerts have somewhere to go.
+    config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
+    targets = config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
+    assert targets == ["alertmanager:9093"]
+    assert "9093:9093" in services["alertmanager"]["ports"]
+    mount = services["alertmanager"]["volumes"][0].split(":")
+    assert (ROOT / mount[0]).exists()
+    r = run("amtool", "check-config", str(ROOT / mount[0]))
+    assert r.returncode == 0, r.stdout.decode() + r.stderr.decode()
+
+
+def test_panels_and_alerts_share_their_expressions():
+    """Where a panel and an alert mean the same thing, both use the same recording rule
+    (prometheus/rules.yml), so they cannot count different outcomes."""
+    recorded = {
+        r["record"]: r["expr"]
+        for g in yaml.safe_load((PROMETHEUS_DIR / "rules.yml").read_text())["groups"]
+        for r in g["rules"]
+    }
+    alerts = {
+        r["alert"]: r["expr"]
+        for g in yaml.safe_load((PROMETHEUS_DIR / "alerts.yml").read_text())["groups"]
+        for r in g["rules"]
+    }
+    dashboard = json.loads((ROOT / "grafana" / "dashboards" / "tcpie-overview.json").read_text())
+    rejection = next(p for p in panels(dashboard) if p.get("title") == "Rejection ratio")
+    shared = "tcpie:capacity_rejections:ratio_rate5m"
+    assert any(t["expr"].startswith(shared + "{") for t in rejection["targets"])
+    assert alerts["TCPieHighRejectionRatio"].lstrip().startswith(shared)
+    assert 'outcome=~"queue_full|shutting_down"' in recorded[shared]
+    # The queue-fill alert and the autoscalers' ratio are recording rules too.
+    assert alerts["TCPieQueueSaturated"].startswith("tcpie:queue_fill:ratio")
+    assert "tcpie:workers_busy:ratio" in recorded
+
+
+def test_every_alert_has_a_severity_and_a_runbook():
+    runbooks = (ROOT / "docs" / "runbooks.md").read_text()
+    anchors = {
+        re.sub(r"[^a-z0-9-]", "", h.strip().lower().replace(" ", "-"))
+        for h in re.findall(r"^## (.+)$", runbooks, re.M)
+    }
+    for g in yaml.safe_load((PROMETHEUS_DIR / "alerts.yml").read_text())["groups"]:
+        for rule in g["rules"]:
+            assert rule["labels"]["severity"] in ("critical", "warning"), rule["alert"]
+            url = rule["annotations"]["runbook_url"]
+            assert url.startswith("https://example.invalid/tcpie/blob/main/docs/runbooks.md#"), url
+            assert url.rsplit("#", 1)[1] in anchors, f"no runbook section for {rule['alert']}"
+
+
 def test_compose_ports_do_not_clash():
     published = []
     for name, service in compose()["services"].items():
@@ -221,6 +283,11 @@ def test_dashboard_conventions(path):
         for target in panel["targets"]:
             assert target["datasource"]["uid"] == "${datasource}", title
             expr = target["expr"]
+            if re.match(r"tcpie:\w+:\w+\{", expr):
+                # A recording rule, shared with the alerts: aggregated per job over its
+                # own window, so it is selected by $job only.
+                assert "$job" in expr, f"{title}: {expr}"
+                continue
             assert "$job" in expr and "$instance" in expr, f"{title}: {expr}"
             for window in re.findall(r"\[([^\]]+)\]", expr):
                 assert window == "$__rate_interval", f"{title}: {expr}"

@@ -21,13 +21,16 @@
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
-{{/* Labels on every resource. */}}
+{{/* Labels on every resource: the chart's own, then commonLabels. */}}
 {{- define "tcpie.labels" -}}
 helm.sh/chart: {{ include "tcpie.chart" . }}
 {{ include "tcpie.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: tcpie
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
 
 {{/* Selector labels: name and instance only, so they never change on upgrade. */}}
@@ -44,8 +47,15 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end }}
 
+{{/* registry/repository:tag, or @digest when a digest is given (it wins over the tag). */}}
 {{- define "tcpie.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- $repository := .Values.image.repository }}
+{{- with .Values.image.registry }}{{ $repository = printf "%s/%s" (trimSuffix "/" .) $repository }}{{ end }}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" $repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" $repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
 {{- end }}
 
 {{/* The PromQL selector of this release's pods, for autoscaling queries. */}}
@@ -55,11 +65,20 @@ namespace="{{ .Release.Namespace }}", service="{{ include "tcpie.fullname" . }}"
 
 {{/* Refuses settings that cannot work together. */}}
 {{- define "tcpie.validate" -}}
+{{- if and .Values.autoscaling.keda.enabled (not .Values.metrics.serviceMonitor.enabled) }}
+{{- fail "autoscaling.keda.enabled needs metrics.serviceMonitor.enabled: KEDA's query selects on the service label a ServiceMonitor scrape adds, and without it the autoscaler would stay at its minimum without a word." }}
+{{- end }}
+{{- if and .Values.autoscaling.hpa.enabled .Values.autoscaling.hpa.saturation.enabled (not .Values.metrics.prometheusRule.enabled) }}
+{{- fail "autoscaling.hpa.saturation.enabled needs metrics.prometheusRule.enabled: the busy-worker ratio the Prometheus adapter serves is the chart's recording rule tcpie:workers_busy:ratio." }}
+{{- end }}
+{{- if and .Values.podDisruptionBudget.enabled (not (kindIs "invalid" .Values.podDisruptionBudget.minAvailable)) (not (kindIs "invalid" .Values.podDisruptionBudget.maxUnavailable)) }}
+{{- fail "podDisruptionBudget: set minAvailable or maxUnavailable, not both (set the other to null)." }}
+{{- end }}
 {{- if and .Values.autoscaling.hpa.enabled .Values.autoscaling.keda.enabled }}
 {{- fail "autoscaling.hpa.enabled and autoscaling.keda.enabled are mutually exclusive: KEDA creates its own HPA. Enable one." }}
 {{- end }}
-{{- $needed := add (mul .Values.preStopSleepSeconds 1000) .Values.tcpie.shutdownDelayMs .Values.tcpie.shutdownTimeoutMs }}
-{{- if le (mul .Values.terminationGracePeriodSeconds 1000) (int64 $needed) }}
+{{- $needed := add (mul (int64 .Values.preStopSleepSeconds) 1000) (int64 .Values.tcpie.shutdownDelayMs) (int64 .Values.tcpie.shutdownTimeoutMs) }}
+{{- if le (mul (int64 .Values.terminationGracePeriodSeconds) 1000) (int64 $needed) }}
 {{- fail (printf "terminationGracePeriodSeconds (%v s) must exceed preStopSleepSeconds + (tcpie.shutdownDelayMs + tcpie.shutdownTimeoutMs) / 1000 = %v ms, or pods are killed mid-drain" .Values.terminationGracePeriodSeconds $needed) }}
 {{- end }}
 {{- end }}
