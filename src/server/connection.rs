@@ -238,16 +238,17 @@ impl Conn {
         )
     }
 
-    /// Closes the connection. `complete`: the last request was read to its end.
-    ///
-    /// When nothing more can come (the request read whole, nothing buffered, the last
-    /// read drained the socket), it is simply closed. Otherwise it sends FIN and reads
-    /// until the client closes (for up to 2 s and 256 KiB), so that bytes the client sent
-    /// after the part we read do not make the kernel answer our response with a reset.
-    pub async fn close(mut self, lifecycle: &Lifecycle, complete: bool) {
-        if complete && self.buf.is_empty() && self.drained {
-            return;
-        }
+    /// Whether the connection can simply be closed: the last request was read to its end
+    /// (`complete`), nothing is buffered, and the last read drained the socket, so nothing
+    /// more can come. Otherwise close it with [`Conn::linger`].
+    pub fn closes_at_once(&self, complete: bool) -> bool {
+        complete && self.buf.is_empty() && self.drained
+    }
+
+    /// Sends FIN and reads until the client closes (for up to 2 s and 256 KiB), so that
+    /// bytes the client sent after the part we read do not make the kernel answer our
+    /// response with a reset.
+    pub async fn linger(mut self, lifecycle: &Lifecycle) {
         if self.stream.shutdown().await.is_err() {
             return;
         }

@@ -59,8 +59,9 @@ pub(crate) async fn serve<H: Handler>(
             let deadline = accepted + read_timeout;
             let mut early = None;
             if !conn.has_buffered() {
+                // Boxed, like every wait below: the task holds only a pointer to it.
                 let wait = timeout_at(deadline, conn.first_bytes(max_head));
-                match lifecycle.unless(Phase::HardStop, id, wait).await {
+                match Box::pin(lifecycle.unless(Phase::HardStop, id, wait)).await {
                     Some(Ok(Ok(()))) => {}
                     // Closed without a byte (a port scan, a TCP probe): no request.
                     Some(Ok(Err(_))) => {
@@ -77,7 +78,7 @@ pub(crate) async fn serve<H: Handler>(
                 let idle_until = Instant::now() + core.config.keep_alive_idle();
                 let wait = timeout_at(idle_until, conn.first_bytes(max_head));
                 if !matches!(
-                    lifecycle.unless(Phase::Draining, id, wait).await,
+                    Box::pin(lifecycle.unless(Phase::Draining, id, wait)).await,
                     Some(Ok(Ok(())))
                 ) {
                     break true;
@@ -97,14 +98,16 @@ pub(crate) async fn serve<H: Handler>(
         };
         let ended = match early {
             Some(end) => Some(Ended {
-                end: exchange.refuse(&mut conn, end).await,
+                end: Box::pin(exchange.refuse(&mut conn, end)).await,
                 complete: false,
                 keep_alive: false,
             }),
             None => {
                 let may_keep =
                     core.config.keep_alive && served + 1 < core.config.max_requests_per_connection;
-                exchange.run(&mut conn, &*handler, deadline, may_keep).await
+                // Boxed: only a request in progress needs this state, so the connection's
+                // task stays small (it is copied when spawned, and kept while idle).
+                Box::pin(exchange.run(&mut conn, &*handler, deadline, may_keep)).await
             }
         };
         served += 1;
@@ -120,7 +123,11 @@ pub(crate) async fn serve<H: Handler>(
             break ended.complete;
         }
     };
-    conn.close(lifecycle, complete).await;
+    // Closed at once when nothing more can come (the common case: no shutdown(), no
+    // wait); otherwise with a lingering close, boxed like the other waits.
+    if !conn.closes_at_once(complete) {
+        Box::pin(conn.linger(lifecycle)).await;
+    }
 }
 
 /// One request, from its head on.
