@@ -1,13 +1,14 @@
-//! The benchmark baseline: the least a tokio server can do for TCPie's answer. It accepts,
-//! reads until the end of the request head, writes the same 14-byte response TCPie sends,
-//! and closes; with `keepalive`, it answers request after request on the connection
-//! instead. No queue, limiter, metrics or tracing. `bench/run.sh` runs it beside TCPie,
-//! nginx and HAProxy. Usage: `bare PORT [keepalive]`.
+//! The benchmark baseline: the least a tokio server can do for TCPie's answer. Two accept
+//! loops on two SO_REUSEPORT listeners (one per core, as the kernel spreads connections
+//! between them) accept, read until the end of the request head, write the same 14-byte
+//! response TCPie sends, and close; with `keepalive`, they answer request after request on
+//! the connection instead. No queue, limiter, metrics or tracing. `bench/run.sh` runs it
+//! beside TCPie, nginx and HAProxy. Usage: `bare PORT [keepalive]`.
 
 use std::net::SocketAddr;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpSocket, TcpStream};
 
 const CLOSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 14\r\n\
 Connection: close\r\n\r\nHello world !\n";
@@ -19,17 +20,30 @@ async fn main() -> std::io::Result<()> {
     let mut args = std::env::args().skip(1);
     let port: u16 = args.next().and_then(|p| p.parse().ok()).unwrap_or(8081);
     let keepalive = args.next().as_deref() == Some("keepalive");
-    let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await?;
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        if keepalive {
-            tokio::spawn(serve_keepalive(stream));
-        } else {
-            tokio::spawn(serve_once(stream));
-        }
+    let mut loops = Vec::new();
+    for _ in 0..2 {
+        let socket = TcpSocket::new_v4()?;
+        socket.set_reuseport(true)?;
+        socket.set_reuseaddr(true)?;
+        socket.bind(SocketAddr::from(([127, 0, 0, 1], port)))?;
+        let listener = socket.listen(4096)?;
+        loops.push(tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                if keepalive {
+                    tokio::spawn(serve_keepalive(stream));
+                } else {
+                    tokio::spawn(serve_once(stream));
+                }
+            }
+        }));
     }
+    for l in loops {
+        let _ = l.await;
+    }
+    Ok(())
 }
 
 async fn serve_once(mut stream: TcpStream) {

@@ -57,10 +57,12 @@ impl Request {
 
     /// The value of the first header called `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        let mut headers = [httparse::EMPTY_HEADER; crate::http::MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
+        let mut headers = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() };
+            crate::http::MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut []);
         // The head was parsed once already, so this cannot fail; an error means no header.
-        req.parse(&self.head).ok()?;
+        req.parse_with_uninit_headers(&self.head, &mut headers)
+            .ok()?;
         let value = req
             .headers
             .iter()

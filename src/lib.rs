@@ -102,10 +102,12 @@ pub async fn run<H: Handler>(
     ));
 
     let connections = TaskTracker::new();
+    // One accept loop: a second one on the same listener was measured (bench/RESULTS.md)
+    // and cost more than it spread, both loops being woken for every connection.
     let accept = tokio::spawn(server::accept_loop(
         core.clone(),
         handler,
-        listeners.tcp,
+        Arc::new(listeners.tcp),
         connections.clone(),
     ));
 

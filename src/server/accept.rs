@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use slab::Slab;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tokio::time::{sleep, sleep_until, Instant};
 use tokio_util::task::TaskTracker;
 
@@ -35,11 +35,12 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(5);
 
 /// Accepts connections until the listener closes, never more than `max_connections`
-/// open. The listener is dropped (closed) when this returns.
+/// open (the cap is shared by every loop on the listener). The listener closes when the
+/// last loop returns.
 pub(crate) async fn accept_loop<H: Handler>(
     core: Arc<Core>,
     handler: Arc<H>,
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     connections: TaskTracker,
 ) {
     let spawn = |conn: Conn, accepted: Instant| {
@@ -50,7 +51,7 @@ pub(crate) async fn accept_loop<H: Handler>(
             accepted,
         ));
     };
-    let limit = Arc::new(Semaphore::new(core.config.max_connections));
+    let limit = core.connection_cap.clone();
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
     let mut idle = Idle::new(ready_tx);
     let mut backoff = Duration::ZERO;

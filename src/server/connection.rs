@@ -9,8 +9,11 @@
 //! it were seen, or the last read filled the buffer. A client that sent exactly one
 //! request, all read, is closed at once, without a `shutdown()` call.
 
+use std::future::{poll_fn, Future};
 use std::io::IoSlice;
 use std::net::SocketAddr;
+use std::pin::pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -224,10 +227,13 @@ impl Conn {
     async fn write_dated(&mut self, parts: [&[u8]; 3], limit: Duration) -> bool {
         let date = date::line();
         let parts = [parts[0], &date[..], parts[1], parts[2]];
-        matches!(
-            timeout(limit, write_parts(&mut self.stream, parts)).await,
-            Ok(Ok(()))
-        )
+        let mut write = pin!(write_parts(&mut self.stream, parts));
+        // The socket almost always takes the whole answer at once: only an answer that
+        // has to wait gets a timer (and a clock read) for its deadline.
+        match poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
+            Poll::Ready(result) => result.is_ok(),
+            Poll::Pending => matches!(timeout(limit, write).await, Ok(Ok(()))),
+        }
     }
 
     /// Writes bytes as they are (the interim `100 Continue`) within `limit`.

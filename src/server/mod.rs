@@ -21,7 +21,9 @@ mod ending;
 mod exchange;
 
 use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::config::Config;
@@ -41,6 +43,8 @@ pub(crate) struct Core {
     pub lifecycle: Lifecycle,
     pub answers: Answers,
     next_connection_id: AtomicU64,
+    /// `TCPIE_MAX_CONNECTIONS` permits, shared by the accept loops.
+    connection_cap: Arc<Semaphore>,
     /// The TCP port, for the `server.port` span attribute.
     pub server_port: u16,
 }
@@ -50,6 +54,7 @@ impl Core {
         metrics.workers.set(config.workers as i64);
         metrics.queue_capacity.set(config.queue_size as i64);
         Core {
+            connection_cap: Arc::new(Semaphore::new(config.max_connections)),
             admission: Admission::new(&config, Instant::now()),
             lifecycle: Lifecycle::new(),
             answers: Answers::new(),
