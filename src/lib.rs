@@ -170,6 +170,7 @@ pub async fn run<H: Handler>(
         header_too_large = m.requests(Outcome::HeaderTooLarge),
         write_error = m.requests(Outcome::WriteError),
         shutting_down = m.requests(Outcome::ShuttingDown),
+        queue_timeout = m.requests(Outcome::QueueTimeout),
         closed_before_request = m.connections_closed_before_request.get(),
         "shutdown: complete"
     );

@@ -31,10 +31,12 @@ pub enum Outcome {
     WriteError,
     /// 503: the drain deadline passed during shutdown.
     ShuttingDown,
+    /// 503: waited in the queue longer than `TCPIE_QUEUE_TIMEOUT_MS`.
+    QueueTimeout,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 8] = [
+    pub const ALL: [Outcome; 9] = [
         Outcome::Processed,
         Outcome::RateLimited,
         Outcome::QueueFull,
@@ -43,6 +45,7 @@ impl Outcome {
         Outcome::HeaderTooLarge,
         Outcome::WriteError,
         Outcome::ShuttingDown,
+        Outcome::QueueTimeout,
     ];
 
     /// The `outcome` label value.
@@ -56,6 +59,7 @@ impl Outcome {
             Outcome::HeaderTooLarge => "header_too_large",
             Outcome::WriteError => "write_error",
             Outcome::ShuttingDown => "shutting_down",
+            Outcome::QueueTimeout => "queue_timeout",
         }
     }
 
@@ -70,7 +74,7 @@ pub struct Metrics {
     pub connections_accepted: IntCounter,
     pub connections_closed_before_request: IntCounter,
     pub connections_open: IntGauge,
-    requests: [IntCounter; 8],
+    requests: [IntCounter; 9],
     pub request_duration: Histogram,
     pub queue_wait: Histogram,
     pub queue_depth: IntGauge,

@@ -174,3 +174,65 @@ async fn waiting_requests_are_processed_in_arrival_order() {
     }
     assert_eq!(*order.0.lock().unwrap(), ["/0", "/1", "/2", "/3", "/4"]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_request_waiting_past_the_queue_timeout_gets_503_and_its_place_back() {
+    let server = start(tcpie::Config {
+        workers: 1,
+        queue_size: 1,
+        simulated_work_ms: 10_000,
+        queue_timeout_ms: 500,
+        ..config()
+    })
+    .await;
+    let addr = server.addr;
+    let busy = tokio::spawn(async move { common::request(addr, GET).await });
+    server.wait_admitted(1).await;
+    let waited_from = Instant::now();
+    let reply = common::request(addr, GET).await.unwrap();
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.body_text(), "waited too long in the queue\n");
+    assert_eq!(reply.header("retry-after").as_deref(), Some("1"));
+    assert_at(waited_from.elapsed(), Duration::from_millis(500));
+    assert_eq!(
+        server
+            .metric("tcpie_requests_total{outcome=\"queue_timeout\"}")
+            .await,
+        1.0
+    );
+    // Its place was given back: the next one queues again (and times out again), rather
+    // than being refused as queue_full.
+    assert_eq!(common::request(addr, GET).await.unwrap().status, 503);
+    assert_eq!(
+        server
+            .metric("tcpie_requests_total{outcome=\"queue_full\"}")
+            .await,
+        0.0
+    );
+    assert_eq!(busy.await.unwrap().unwrap().status, 200);
+    server.assert_conservation().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_queue_timeout_a_request_waits_as_long_as_it_takes() {
+    let server = start(tcpie::Config {
+        workers: 1,
+        queue_size: 1,
+        simulated_work_ms: 10_000,
+        ..config()
+    })
+    .await;
+    let addr = server.addr;
+    let busy = tokio::spawn(async move { common::request(addr, GET).await });
+    server.wait_admitted(1).await;
+    let started = Instant::now();
+    let reply = common::request(addr, GET).await.unwrap();
+    assert_eq!(reply.status, 200);
+    // It waited for the first request's 10 s, then was processed for 10 s.
+    assert!(
+        started.elapsed() >= Duration::from_millis(19_900),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(busy.await.unwrap().unwrap().status, 200);
+}

@@ -90,6 +90,12 @@ variables! {
     TCPIE_MAX_HEADER_BYTES => max_header_bytes: usize = 8192;
         expect "bytes from 64 to 1048576";
         valid |c| (64..=1_048_576).contains(&c.max_header_bytes);
+    /// Longest a request may wait in the queue for a permit; past it, it is answered 503
+    /// with `Retry-After` (outcome `queue_timeout`) instead of being served too late to
+    /// matter. 0: no limit.
+    TCPIE_QUEUE_TIMEOUT_MS => queue_timeout_ms: u64 = 0;
+        expect "milliseconds from 0 (no limit) to 3600000";
+        valid |c| c.queue_timeout_ms <= MAX_MS;
     /// Processing time added to every request, for demonstrations and benchmarks.
     TCPIE_SIMULATED_WORK_MS => simulated_work_ms: u64 = 0;
         expect "milliseconds from 0 to 3600000";
@@ -232,6 +238,11 @@ impl Config {
         Duration::from_millis(self.write_timeout_ms)
     }
 
+    /// The queue timeout, if there is one.
+    pub fn queue_timeout(&self) -> Option<Duration> {
+        (self.queue_timeout_ms > 0).then(|| Duration::from_millis(self.queue_timeout_ms))
+    }
+
     pub fn simulated_work(&self) -> Duration {
         Duration::from_millis(self.simulated_work_ms)
     }
@@ -286,6 +297,7 @@ mod tests {
             ("TCPIE_WRITE_TIMEOUT_MS", "20"),
             ("TCPIE_MAX_CONNECTIONS", "30"),
             ("TCPIE_MAX_HEADER_BYTES", "1024"),
+            ("TCPIE_QUEUE_TIMEOUT_MS", "250"),
             ("TCPIE_SIMULATED_WORK_MS", "40"),
             ("TCPIE_READY_QUEUE_THRESHOLD", "0.75"),
             ("TCPIE_LIVENESS_STALL_MS", "50"),
@@ -309,6 +321,8 @@ mod tests {
             (10, 20, 30)
         );
         assert_eq!((c.max_header_bytes, c.simulated_work_ms), (1024, 40));
+        assert_eq!(c.queue_timeout(), Some(Duration::from_millis(250)));
+        assert_eq!(Config::default().queue_timeout(), None);
         assert_eq!(c.ready_queue_threshold, 0.75);
         assert_eq!(
             (
@@ -330,7 +344,7 @@ mod tests {
     #[test]
     fn every_variable_is_listed_once() {
         let names: Vec<&str> = variable_names().collect();
-        assert_eq!(names.len(), 20);
+        assert_eq!(names.len(), 21);
         let mut sorted = names.clone();
         sorted.sort();
         sorted.dedup();

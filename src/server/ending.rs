@@ -36,6 +36,8 @@ pub(crate) enum End {
     Refused(Reject),
     /// 503: still unanswered at the drain deadline.
     ShuttingDown,
+    /// 503: waited in the queue past `TCPIE_QUEUE_TIMEOUT_MS`.
+    QueueTimeout,
 }
 
 impl End {
@@ -49,6 +51,7 @@ impl End {
             End::Refused(Reject::UriTooLong | Reject::HeaderTooLarge) => Outcome::HeaderTooLarge,
             End::Refused(_) => Outcome::BadRequest,
             End::ShuttingDown => Outcome::ShuttingDown,
+            End::QueueTimeout => Outcome::QueueTimeout,
         }
     }
 
@@ -56,7 +59,7 @@ impl End {
         match self {
             End::Processed { status } | End::WriteError { status } => status,
             End::RateLimited { .. } => 429,
-            End::QueueFull | End::ShuttingDown => 503,
+            End::QueueFull | End::ShuttingDown | End::QueueTimeout => 503,
             End::HeadTimeout | End::BodyTimeout => 408,
             End::Refused(reject) => reject.status(),
         }
@@ -80,6 +83,7 @@ impl End {
             }
             End::QueueFull => &a.queue_full,
             End::ShuttingDown => &a.shutting_down,
+            End::QueueTimeout => &a.queue_timeout,
             End::HeadTimeout => &a.head_timeout,
             End::BodyTimeout => &a.body_timeout,
             End::Refused(Reject::BadRequest) => &a.bad_request,
@@ -97,6 +101,7 @@ impl End {
 pub(crate) struct Answers {
     rate_limited: Vec<Answer>,
     queue_full: Answer,
+    queue_timeout: Answer,
     shutting_down: Answer,
     head_timeout: Answer,
     body_timeout: Answer,
@@ -117,6 +122,7 @@ impl Answers {
                 .map(|s| Answer::prebuilt(429, Some(s), "rate limited\n"))
                 .collect(),
             queue_full: Answer::prebuilt(503, Some(1), "queue full\n"),
+            queue_timeout: Answer::prebuilt(503, Some(1), "waited too long in the queue\n"),
             shutting_down: Answer::prebuilt(503, Some(1), "shutting down\n"),
             head_timeout: Answer::prebuilt(408, None, "request head not received in time\n"),
             body_timeout: Answer::prebuilt(408, None, "request body not received in time\n"),
@@ -164,6 +170,7 @@ mod tests {
             (End::RateLimited { retry_after: 600 }, 429, "rate_limited"),
             (End::QueueFull, 503, "queue_full"),
             (End::ShuttingDown, 503, "shutting_down"),
+            (End::QueueTimeout, 503, "queue_timeout"),
             (End::HeadTimeout, 408, "read_timeout"),
             (End::BodyTimeout, 408, "read_timeout"),
             (End::Refused(Reject::BadRequest), 400, "bad_request"),

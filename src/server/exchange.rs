@@ -13,7 +13,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use futures_util::FutureExt;
-use tokio::time::{sleep, timeout_at, Instant};
+use tokio::time::{sleep, timeout, timeout_at, Instant};
 use tracing::Instrument;
 
 use super::admission::Decision;
@@ -214,20 +214,28 @@ impl Exchange<'_> {
         // The `queue` span covers the wait for a permit: empty when one was free.
         let queue_span = self.span.queue_span();
         let permit = match entry {
-            Entry::Now(permit) => Some(permit),
-            Entry::Wait(wait) => core
-                .lifecycle
-                .unless(
-                    Phase::HardStop,
-                    id,
-                    wait.permit().instrument(queue_span.clone()),
-                )
-                .await
-                .flatten(),
+            Entry::Now(permit) => Ok(permit),
+            Entry::Wait(wait) => {
+                let waiting = wait.permit().instrument(queue_span.clone());
+                // A request still waiting after TCPIE_QUEUE_TIMEOUT_MS would be served too
+                // late to matter: it gives up its place (the Wait's drop) and gets a 503.
+                let limited = async {
+                    match core.config.queue_timeout() {
+                        Some(limit) => timeout(limit, waiting).await.map_err(|_| End::QueueTimeout),
+                        None => Ok(waiting.await),
+                    }
+                };
+                match core.lifecycle.unless(Phase::HardStop, id, limited).await {
+                    Some(Ok(Some(permit))) => Ok(permit),
+                    Some(Err(end)) => Err(end),
+                    Some(Ok(None)) | None => Err(End::ShuttingDown),
+                }
+            }
         };
         drop(queue_span);
-        let Some(permit) = permit else {
-            return Some(read_whole(self.refuse(conn, End::ShuttingDown).await));
+        let permit = match permit {
+            Ok(permit) => permit,
+            Err(end) => return Some(read_whole(self.refuse(conn, end).await)),
         };
         let waited = admitted_at.elapsed();
         core.metrics.queue_wait.observe(waited.as_secs_f64());

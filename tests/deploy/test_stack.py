@@ -235,7 +235,7 @@ def test_panels_and_alerts_share_their_expressions():
     shared = "tcpie:capacity_rejections:ratio_rate5m"
     assert any(t["expr"].startswith(shared + "{") for t in rejection["targets"])
     assert alerts["TCPieHighRejectionRatio"].lstrip().startswith(shared)
-    assert 'outcome=~"queue_full|shutting_down"' in recorded[shared]
+    assert 'outcome=~"queue_full|queue_timeout|shutting_down"' in recorded[shared]
     # The queue-fill alert and the autoscalers' ratio are recording rules too.
     assert alerts["TCPieQueueSaturated"].startswith("tcpie:queue_fill:ratio")
     assert "tcpie:workers_busy:ratio" in recorded
