@@ -202,6 +202,15 @@ pub enum ConfigError {
     },
 }
 
+impl ConfigError {
+    /// The variable it is about.
+    pub fn name(&self) -> &str {
+        match self {
+            ConfigError::Unknown { name, .. } | ConfigError::Invalid { name, .. } => name,
+        }
+    }
+}
+
 /// Every problem found in one pass, so a user fixes them all at once.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConfigErrors(pub Vec<ConfigError>);
@@ -245,6 +254,26 @@ where
         (server, traces) => {
             errors.extend(server.err().into_iter().flat_map(|e| e.0));
             errors.extend(traces.err().into_iter().flat_map(|e| e.0));
+            Err(ConfigErrors(errors))
+        }
+    }
+}
+
+/// Reads one group of variables (those starting with `prefix`) from the process
+/// environment, with the errors of its bytes that are not UTF-8.
+fn group_from_env<T>(
+    prefix: &str,
+    from_vars: impl FnOnce(Vec<(String, String)>) -> Result<T, ConfigErrors>,
+) -> Result<T, ConfigErrors> {
+    let (vars, errors) = utf8_vars(std::env::vars_os());
+    let mut errors: Vec<ConfigError> = errors
+        .into_iter()
+        .filter(|e| e.name().starts_with(prefix))
+        .collect();
+    match from_vars(vars) {
+        Ok(settings) if errors.is_empty() => Ok(settings),
+        result => {
+            errors.extend(result.err().into_iter().flat_map(|e| e.0));
             Err(ConfigErrors(errors))
         }
     }

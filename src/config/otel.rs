@@ -237,19 +237,7 @@ impl TraceSettings {
 
     /// Reads the process environment (the `OTEL_*` variables only).
     pub fn from_env() -> Result<TraceSettings, ConfigErrors> {
-        let (vars, errors) = super::utf8_vars(std::env::vars_os());
-        let errors: Vec<_> = errors
-            .into_iter()
-            .filter(|e| e.to_string().starts_with(OTEL_PREFIX))
-            .collect();
-        match TraceSettings::from_vars(vars) {
-            Ok(settings) if errors.is_empty() => Ok(settings),
-            result => {
-                let mut all = errors;
-                all.extend(result.err().into_iter().flat_map(|e| e.0));
-                Err(ConfigErrors(all))
-            }
-        }
+        super::group_from_env(OTEL_PREFIX, TraceSettings::from_vars)
     }
 
     /// Reads the given variables; anything not `OTEL_*` is ignored, and `OTEL_*`

@@ -137,23 +137,7 @@ variables! {
 impl Config {
     /// Reads the process environment (the `TCPIE_*` variables only).
     pub fn from_env() -> Result<Config, ConfigErrors> {
-        let (vars, utf8_errors) = super::utf8_vars(std::env::vars_os());
-        let utf8_errors: Vec<ConfigError> = utf8_errors
-            .into_iter()
-            .filter(|e| match e {
-                ConfigError::Unknown { name, .. } | ConfigError::Invalid { name, .. } => {
-                    name.starts_with(PREFIX)
-                }
-            })
-            .collect();
-        match (Config::from_vars(vars), utf8_errors.is_empty()) {
-            (Ok(config), true) => Ok(config),
-            (result, _) => {
-                let mut errors = utf8_errors;
-                errors.extend(result.err().into_iter().flat_map(|e| e.0));
-                Err(ConfigErrors(errors))
-            }
-        }
+        super::group_from_env(PREFIX, Config::from_vars)
     }
 
     /// Reads the given variables; anything without the `TCPIE_` prefix is ignored. Every

@@ -1,18 +1,9 @@
-//! The little HTTP/1.1 that TCPie speaks: parsing one request head, and writing responses.
-//!
-//! This module owns the wire format only. Reading from the socket, deadlines and
-//! admission live in `server`; chunked bodies are decoded by `chunked`; what a request
-//! means lives behind [`crate::handler`]. Parsing is done by `httparse` (no allocation,
-//! well fuzzed); this module adds the rules of RFC 9110 and RFC 9112 that a server must
-//! enforce on top: the size limits (414, 431), exactly one valid `Host` on HTTP/1.1, one
-//! unambiguous body length (`Content-Length`, or chunked as the final transfer coding,
-//! never both), no transfer coding it does not implement (501), no `CONNECT` (501: TCPie
-//! is no proxy), and HTTP/1.x minor versions above 1 answered as HTTP/1.1.
+//! Parsing one request head, and the rules of RFC 9110 and RFC 9112 a server enforces on
+//! top of `httparse`: size limits (414, 431), one valid `Host`, one unambiguous body length,
+//! no transfer coding or method TCPie does not implement (501), later HTTP/1.x minor
+//! versions read as 1.1.
 
-use std::io::Write;
 use std::ops::Range;
-
-use bytes::Bytes;
 
 /// Most headers accepted in one request; more is answered 431 like an oversized head.
 pub const MAX_HEADERS: usize = 64;
@@ -352,173 +343,6 @@ fn parse_content_length(value: &[u8]) -> Option<u64> {
     })
 }
 
-/// The interim response sent before reading a body announced with `Expect: 100-continue`.
-pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
-
-/// The reason phrase of the statuses TCPie sends.
-pub fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        408 => "Request Timeout",
-        411 => "Length Required",
-        413 => "Content Too Large",
-        414 => "URI Too Long",
-        429 => "Too Many Requests",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        501 => "Not Implemented",
-        503 => "Service Unavailable",
-        _ => "",
-    }
-}
-
-/// Writes a complete response into `out` (cleared first), with `Connection: close`
-/// unless `keep_alive`, and returns where its body starts. The `Date` line is not in
-/// it: the writer inserts it after the status line (see [`Answer`]).
-///
-/// `retry_after` adds a `Retry-After` header in whole seconds.
-pub fn write_response(
-    out: &mut Vec<u8>,
-    status: u16,
-    content_type: &str,
-    retry_after: Option<u64>,
-    keep_alive: bool,
-    body: &[u8],
-) -> usize {
-    out.clear();
-    write_head(
-        out,
-        status,
-        content_type,
-        retry_after,
-        keep_alive,
-        body.len(),
-    );
-    let body_start = out.len();
-    out.extend_from_slice(body);
-    body_start
-}
-
-/// Appends a response head (status line to blank line, no `Date`) to `out`.
-fn write_head(
-    out: &mut Vec<u8>,
-    status: u16,
-    content_type: &str,
-    retry_after: Option<u64>,
-    keep_alive: bool,
-    body_len: usize,
-) {
-    // Writing into a Vec cannot fail.
-    let _ = write!(out, "HTTP/1.1 {status} {}\r\n", reason(status));
-    let _ = write!(
-        out,
-        "Content-Type: {content_type}\r\nContent-Length: {body_len}\r\n"
-    );
-    if let Some(secs) = retry_after {
-        let _ = write!(out, "Retry-After: {secs}\r\n");
-    }
-    out.extend_from_slice(if keep_alive {
-        b"Connection: keep-alive\r\n\r\n"
-    } else {
-        b"Connection: close\r\n\r\n"
-    });
-}
-
-/// A response ready to be written, built once: the bytes (without `Date`), the end of
-/// the status line (where the `Date` line goes) and the start of the body (where the
-/// answer to a `HEAD` stops).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Answer {
-    bytes: Bytes,
-    status_end: usize,
-    body_start: usize,
-}
-
-impl Answer {
-    /// A `text/plain` answer with `Connection: close`.
-    pub fn prebuilt(status: u16, retry_after: Option<u64>, body: &str) -> Answer {
-        let mut out = Vec::with_capacity(128 + body.len());
-        let body_start = write_response(
-            &mut out,
-            status,
-            "text/plain",
-            retry_after,
-            false,
-            body.as_bytes(),
-        );
-        Answer::new(Bytes::from(out), body_start)
-    }
-
-    /// An answer from bytes [`write_response`] wrote, and the body start it returned.
-    pub fn new(bytes: Bytes, body_start: usize) -> Answer {
-        let status_end = bytes
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .map_or(0, |at| at + 2);
-        Answer {
-            bytes,
-            status_end,
-            body_start,
-        }
-    }
-
-    /// The bytes before and after the `Date` line; without the body for a `HEAD`, whose
-    /// answer has the headers of the `GET` answer and no content (RFC 9110 §9.3.2).
-    pub fn parts(&self, head_only: bool) -> (&[u8], &[u8]) {
-        parts(&self.bytes, self.status_end, self.body_start, head_only)
-    }
-}
-
-/// [`Answer::parts`] for bytes [`write_response`] wrote into a buffer of one's own.
-pub fn parts(
-    bytes: &[u8],
-    status_end: usize,
-    body_start: usize,
-    head_only: bool,
-) -> (&[u8], &[u8]) {
-    let end = if head_only { body_start } else { bytes.len() };
-    (&bytes[..status_end], &bytes[status_end..end])
-}
-
-/// The head of a handler's answer (status line to blank line, without `Date`), as an
-/// [`Answer`] with no body: the body is written from the handler's own bytes.
-///
-/// Handlers mostly answer the same thing (the built-in one always does), so each thread
-/// keeps the last head it built and reuses it while status, type, length and keep-alive
-/// are unchanged: no formatting on the common path, and the reference count touched is
-/// the thread's own.
-pub fn answer_head(
-    status: u16,
-    content_type: &'static str,
-    body_len: usize,
-    keep_alive: bool,
-) -> Answer {
-    type Key = (u16, &'static str, usize, bool);
-    thread_local! {
-        static LAST: std::cell::RefCell<Option<(Key, Answer)>> = const { std::cell::RefCell::new(None) };
-    }
-    let key = (status, content_type, body_len, keep_alive);
-    LAST.with(|last| {
-        let mut last = last.borrow_mut();
-        if let Some((k, answer)) = last.as_ref() {
-            if *k == key {
-                return answer.clone();
-            }
-        }
-        let mut out = Vec::with_capacity(128);
-        write_head(&mut out, status, content_type, None, keep_alive, body_len);
-        let len = out.len();
-        let answer = Answer::new(Bytes::from(out), len);
-        *last = Some((key, answer.clone()));
-        answer
-    })
-}
-
-/// The built-in answer, prebuilt once: TCPie's default handler sends these bytes.
-pub const HELLO_BODY: &[u8] = b"Hello world !\n";
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -774,36 +598,6 @@ mod tests {
         assert!(is_head(b"HEAD / HTTP/1.1\r\n"));
         assert!(!is_head(b"HEADER / HTTP/1.1\r\n"));
         assert!(!is_head(b"GET / HTTP/1.1\r\n"));
-    }
-
-    #[test]
-    fn responses_are_exact() {
-        let mut out = Vec::new();
-        let body_start = write_response(&mut out, 200, "text/plain", None, false, HELLO_BODY);
-        assert_eq!(
-            out,
-            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 14\r\n\
-              Connection: close\r\n\r\nHello world !\n"
-        );
-        assert_eq!(&out[body_start..], HELLO_BODY);
-        let r = Answer::prebuilt(429, Some(3), "rate limited\n");
-        let (before, after) = r.parts(false);
-        assert_eq!(before, b"HTTP/1.1 429 Too Many Requests\r\n");
-        assert_eq!(
-            after,
-            b"Content-Type: text/plain\r\nContent-Length: 13\r\n\
-              Retry-After: 3\r\nConnection: close\r\n\r\nrate limited\n"
-        );
-        let (_, after) = r.parts(true);
-        assert!(after.ends_with(b"Connection: close\r\n\r\n"));
-        let head = answer_head(200, "text/plain", 14, true);
-        assert_eq!(head.parts(false).0, b"HTTP/1.1 200 OK\r\n");
-        assert_eq!(
-            head.parts(false).1,
-            b"Content-Type: text/plain\r\nContent-Length: 14\r\nConnection: keep-alive\r\n\r\n"
-        );
-        assert_eq!(answer_head(200, "text/plain", 14, true), head);
-        assert_ne!(answer_head(200, "text/plain", 15, true), head);
     }
 }
 
