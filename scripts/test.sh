@@ -17,7 +17,7 @@ echo "== cargo test (unit, integration, deterministic)"
 cargo test --locked
 echo "== cargo test --test load (load and fault tests, apart and one at a time)"
 cargo test --locked --test load -- --ignored --test-threads=1
-echo "== deploy checks"
+echo "== deploy checks, third-party clients, and the fleet simulation"
 cargo build --locked
 TCPIE_GRAFANA_SCHEMA="$PWD/target/grafana-schema/dashboard.schema.json" \
-  .venv/bin/pytest -q -p no:cacheprovider tests/deploy
+  .venv/bin/pytest -q -p no:cacheprovider tests/deploy sim
