@@ -197,8 +197,8 @@ COLUMNS = [
 ]
 
 
-def scenario_a(out: list[str]) -> dict:
-    figures = {}
+def connection_per_request_servers() -> list:
+    """The servers of scenarios A and S, by name, with what starts each."""
     servers = [
         ("tcpie", lambda: start_tcpie({})),
         ("bare tokio", start_bare),
@@ -207,6 +207,12 @@ def scenario_a(out: list[str]) -> dict:
     ]
     if BEFORE:
         servers.insert(1, ("tcpie (before)", lambda: start_tcpie({}, Path(BEFORE))))
+    return servers
+
+
+def scenario_a(out: list[str]) -> dict:
+    figures = {}
+    servers = connection_per_request_servers()
     for threads in WRK_THREADS:
         for conns in (64, 256):
             results: dict[str, list[dict]] = {name: [] for name, _ in servers}
@@ -319,14 +325,7 @@ def scenario_d(out: list[str]) -> dict:
 def scenario_s(out: list[str]) -> dict:
     """System calls per request, connection per request, from a short strace -c -f run of
     its own (tracing slows the server down, so it is kept out of the timed runs)."""
-    servers = [
-        ("tcpie", lambda: start_tcpie({})),
-        ("bare tokio", start_bare),
-        ("nginx", lambda: start_nginx(False)),
-        ("haproxy", lambda: start_haproxy(False)),
-    ]
-    if BEFORE:
-        servers.insert(1, ("tcpie (before)", lambda: start_tcpie({}, Path(BEFORE))))
+    servers = connection_per_request_servers()
     per: dict[str, dict[str, float]] = {}
     for name, start in servers:
         server = start()
