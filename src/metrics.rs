@@ -21,11 +21,12 @@ pub enum Outcome {
     RateLimited,
     /// 503: the queue was full.
     QueueFull,
-    /// 408: the head was not read before the read deadline.
+    /// 408: the head or the body was not read before the read deadline.
     ReadTimeout,
-    /// 400, 411 or 413: not a request TCPie accepts.
+    /// 400, 413 or 501: not a request TCPie accepts.
     BadRequest,
-    /// 431: the head was larger than `TCPIE_MAX_HEADER_BYTES`.
+    /// 431 (or 414 for the request target): the head was larger than
+    /// `TCPIE_MAX_HEADER_BYTES`.
     HeaderTooLarge,
     /// A processed request whose response could not be written before the write deadline.
     WriteError,
@@ -167,7 +168,10 @@ impl Metrics {
                 "tcpie_queue_capacity",
                 "Requests that may wait for a worker (TCPIE_QUEUE_SIZE).",
             )?,
-            workers: gauge("tcpie_workers", "Worker tasks (TCPIE_WORKERS).")?,
+            workers: gauge(
+                "tcpie_workers",
+                "Requests processed at once: permits (TCPIE_WORKERS).",
+            )?,
             workers_busy: gauge("tcpie_workers_busy", "Workers processing a request now.")?,
             rate_limit_tokens,
             ready: gauge("tcpie_ready", "1 when /readyz answers 200, else 0.")?,
