@@ -42,6 +42,7 @@ class Settings:
     workers: int = 2
     queue: int = 5
     service_s: float = 0.1
+    service_fixed: bool = False  # every request takes service_s (as TCPIE_SIMULATED_WORK_MS)
     load: float = 1.0  # offered load, as a multiple of the fleet's capacity
     policy: str = "saturation"
     period: float = 5.0  # the chart's readiness probe
@@ -144,6 +145,9 @@ def simulate(s: Settings) -> Result:
     events: list = []
     seq = 0
 
+    def service() -> float:
+        return s.service_s if s.service_fixed else rng.expovariate(1 / s.service_s)
+
     def push(t: float, kind: str, *data) -> None:
         nonlocal seq
         seq += 1
@@ -185,7 +189,7 @@ def simulate(s: Settings) -> Result:
         pod = rng.choice(candidates)
         if pod.busy < s.workers:
             pod.busy += 1
-            push(now + rng.expovariate(1 / s.service_s), "done", pod.index, rid)
+            push(now + service(), "done", pod.index, rid)
         elif len(pod.queue) < s.queue:
             pod.queue.append(rid)
         else:
@@ -224,7 +228,7 @@ def simulate(s: Settings) -> Result:
             finish(rid, "served", now)
             if pod.queue:
                 nxt = pod.queue.pop(0)
-                push(now + rng.expovariate(1 / s.service_s), "done", index, nxt)
+                push(now + service(), "done", index, nxt)
             else:
                 pod.busy -= 1
         elif kind == "probe":
