@@ -22,29 +22,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import fleet  # noqa: E402
+from run import free_port, wait_port  # noqa: E402  (the benchmark suite's own helpers)
 
 ROOT = Path(__file__).resolve().parents[1]
 TCPIE = ROOT / "target" / "release" / "tcpie"
 WORKERS, QUEUE, WORK_MS = 2, 5, 100
 LOAD, SECONDS = 3.0, 60
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
 
 
 def start_pods(threshold: str) -> list[tuple[subprocess.Popen, int, int]]:
