@@ -31,8 +31,9 @@ from dataclasses import dataclass, field
 #   never:      saturation never fails readiness (TCPIE_READY_QUEUE_THRESHOLD=0).
 #   sustained:  fail only when the queue was full at this probe and at every probe of the
 #               last `sustain` seconds (a pod remembers its last probes' answers).
-#   capped:     fail while saturated, but for at most one probe period in `cap_every`:
-#               at most about 1/cap_every of a saturated fleet is out at once.
+#   capped:     fail while saturated, but only within a window of failure_threshold
+#               probes that may start once every `cap_every` windows: at most about
+#               1/cap_every of a saturated fleet is out at once.
 POLICIES = ("saturation", "never", "sustained", "capped")
 
 
@@ -44,6 +45,11 @@ class Settings:
     service_s: float = 0.1
     service_fixed: bool = False  # every request takes service_s (as TCPIE_SIMULATED_WORK_MS)
     load: float = 1.0  # offered load, as a multiple of the fleet's capacity
+    # A fleet that is not uniform: the first `slow_pods` pods take `slow_factor` times as
+    # long per request (a noisy neighbour, a slower node). This is the case readiness on
+    # saturation was meant for: a pod that is overloaded while its peers are not.
+    slow_pods: int = 0
+    slow_factor: float = 3.0
     policy: str = "saturation"
     period: float = 5.0  # the chart's readiness probe
     failure_threshold: int = 2
@@ -60,8 +66,9 @@ class Settings:
 
     @property
     def capacity(self) -> float:
-        """Requests per second the whole fleet can serve."""
-        return self.pods * self.workers / self.service_s
+        """Requests per second the whole fleet can serve (slow pods counted as they are)."""
+        normal = self.pods - self.slow_pods + self.slow_pods / self.slow_factor
+        return normal * self.workers / self.service_s
 
 
 @dataclass
@@ -131,10 +138,13 @@ def policy_ready(pod: Pod, s: Settings, now: float) -> bool:
         pod.saturated_probes = pod.saturated_probes + 1 if saturated else 0
         return pod.saturated_probes * s.period <= s.sustain
     if s.policy == "capped":
-        if saturated and now - pod.last_failed >= s.cap_every * s.period:
+        # A failing window lasts long enough for the kubelet to act on it
+        # (failure_threshold probes); a new one may start only cap_every windows after
+        # the last began, so a pod spends at most about 1/cap_every of a long overload out.
+        window = s.failure_threshold * s.period
+        if saturated and now - pod.last_failed >= s.cap_every * window:
             pod.last_failed = now
-            return False
-        return not (saturated and now - pod.last_failed < s.period)
+        return not (saturated and now - pod.last_failed < window)
     raise ValueError(f"unknown policy {s.policy}")
 
 
@@ -142,11 +152,14 @@ def simulate(s: Settings) -> Result:
     rng = random.Random(s.seed)
     result = Result(s)
     pods = [Pod(i) for i in range(s.pods)]
+    # The endpoints kube-proxy knows, kept as a list so that a pick is O(1) on big fleets.
+    endpoints = list(pods)
     events: list = []
     seq = 0
 
-    def service() -> float:
-        return s.service_s if s.service_fixed else rng.expovariate(1 / s.service_s)
+    def service(pod: int) -> float:
+        mean = s.service_s * (s.slow_factor if pod < s.slow_pods else 1.0)
+        return mean if s.service_fixed else rng.expovariate(1 / mean)
 
     def push(t: float, kind: str, *data) -> None:
         nonlocal seq
@@ -181,15 +194,14 @@ def simulate(s: Settings) -> Result:
         if now - req[0] > s.timeout:
             finish(rid, "timed_out", now)
             return
-        candidates = [p for p in pods if p.in_endpoints]
-        if not candidates:
+        if not endpoints:
             result.refusals += 1
             retry(rid, now, "refused")
             return
-        pod = rng.choice(candidates)
+        pod = endpoints[int(rng.random() * len(endpoints))]
         if pod.busy < s.workers:
             pod.busy += 1
-            push(now + service(), "done", pod.index, rid)
+            push(now + service(pod.index), "done", pod.index, rid)
         elif len(pod.queue) < s.queue:
             pod.queue.append(rid)
         else:
@@ -228,7 +240,7 @@ def simulate(s: Settings) -> Result:
             finish(rid, "served", now)
             if pod.queue:
                 nxt = pod.queue.pop(0)
-                push(now + service(), "done", index, nxt)
+                push(now + service(index), "done", index, nxt)
             else:
                 pod.busy -= 1
         elif kind == "probe":
@@ -247,6 +259,7 @@ def simulate(s: Settings) -> Result:
         elif kind == "endpoints":
             index, ready = data
             pods[index].in_endpoints = ready
+            endpoints[:] = [p for p in pods if p.in_endpoints]
         elif kind == "sample":
             result.unready_share_samples.append(sum(not p.in_endpoints for p in pods) / len(pods))
             push(now + 0.5, "sample")

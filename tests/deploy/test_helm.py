@@ -90,6 +90,15 @@ def test_the_schema_rejects_bad_values(bad, complaint):
     assert complaint in str(e.value), str(e.value)
 
 
+def test_a_saturated_pod_stays_ready_by_default():
+    # The fleet simulation (sim/sweep.py) chose it: failing readiness on saturation loses
+    # a fifth to a third of a fleet's capacity under a global overload.
+    out = render({})
+    assert 'TCPIE_READY_QUEUE_THRESHOLD: "0"' in out["tcpie/templates/configmap.yaml"]
+    out = render({"tcpie": {"readyQueueThreshold": 0.9}})
+    assert 'TCPIE_READY_QUEUE_THRESHOLD: "0.9"' in out["tcpie/templates/configmap.yaml"]
+
+
 def test_hpa_and_keda_are_mutually_exclusive():
     with pytest.raises(Exception) as e:
         render({"autoscaling": {"hpa": {"enabled": True}, "keda": {"enabled": True}}})
