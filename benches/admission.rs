@@ -1,4 +1,5 @@
 //! Microbenchmarks of the admission path (scenario E of bench/run.sh): the token bucket,
+//! the per-client table (target: at most 100 ns a decision),
 //! the pool's permits, the head parser, and the metric updates of one request, uncontended and
 //! with two threads. `cargo bench --bench admission`.
 
@@ -53,6 +54,59 @@ fn bucket(c: &mut Criterion) {
     });
 }
 
+/// The per-client decision on a table of 100,000 clients: hashing the client's address,
+/// then its bucket in its shard. Clients are visited in a pseudo-random order, so most
+/// lookups miss the cache as they would in a big fleet of clients.
+fn clients(c: &mut Criterion) {
+    use tcpie::client_key::Identity;
+    use tcpie::clients::ClientTable;
+    const CLIENTS: u32 = 100_000;
+    let now = Instant::now();
+    let counter = |n| prometheus::IntCounter::new(n, "bench").unwrap();
+    let table = Arc::new(ClientTable::new(
+        1e9,
+        1_000_000_000,
+        CLIENTS as usize,
+        now,
+        counter("r"),
+        counter("e"),
+    ));
+    // Fill the table; then address i is client i.
+    fn address(i: u32) -> Identity<'static> {
+        Identity::V4((i.wrapping_mul(2_654_435_761) % CLIENTS).to_be_bytes())
+    }
+    for i in 0..CLIENTS {
+        let id = table.id(&address(i));
+        table.take(id, now, || true).unwrap();
+    }
+    let mut i = 0u32;
+    c.bench_function("client table: admit, 1 thread, 100,000 clients", |b| {
+        b.iter(|| {
+            i = (i + 1) % CLIENTS;
+            let id = table.id(&address(i));
+            black_box(table.take(id, now, || true).is_ok())
+        })
+    });
+    c.bench_function("client table: admit, 2 threads, 100,000 clients", |b| {
+        b.iter_custom(|iters| {
+            let run = move |table: Arc<ClientTable>, offset: u32| {
+                let t = std::time::Instant::now();
+                for n in 0..iters {
+                    let id = table.id(&address((n as u32).wrapping_add(offset) % CLIENTS));
+                    black_box(table.take(id, now, || true).is_ok());
+                }
+                t.elapsed()
+            };
+            let other = {
+                let table = table.clone();
+                std::thread::spawn(move || run(table, CLIENTS / 2))
+            };
+            let mine = run(table.clone(), 0);
+            mine.max(other.join().unwrap_or(Duration::ZERO))
+        })
+    });
+}
+
 fn queue(c: &mut Criterion) {
     let pool = Pool::new(2, 1024, Instant::now());
     c.bench_function("pool: permit taken and given back, 1 thread", |b| {
@@ -98,5 +152,5 @@ fn metrics(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bucket, queue, parse, metrics);
+criterion_group!(benches, bucket, clients, queue, parse, metrics);
 criterion_main!(benches);

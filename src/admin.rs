@@ -81,6 +81,8 @@ async fn metrics(State(state): State<AdminState>) -> Response {
     m.queue_depth.set(core.pool().depth() as i64);
     m.workers_busy.set(core.pool().busy() as i64);
     m.rate_limit_tokens.set(core.tokens(Instant::now()));
+    m.rate_limit_clients
+        .set(core.admission.clients_tracked() as i64);
     m.ready.set(i64::from(core.ready()));
     let mut body = Vec::with_capacity(8 * 1024);
     let encoder = TextEncoder::new();

@@ -15,6 +15,8 @@
 
 pub mod admin;
 pub mod chunked;
+pub mod client_key;
+pub mod clients;
 pub mod config;
 pub mod date;
 pub mod handler;
@@ -43,7 +45,7 @@ use lifecycle::Phase;
 
 pub use config::{Config, ConfigError, ConfigErrors, LogFormat};
 pub use handler::{Handler, Hello, Request, Response};
-pub use metrics::{Metrics, Outcome};
+pub use metrics::{Limit, Metrics, Outcome};
 
 /// The listeners `run` serves, bound by the caller.
 pub struct Listeners {

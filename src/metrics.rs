@@ -34,10 +34,32 @@ pub enum Outcome {
     ShuttingDown,
     /// 503: waited in the queue longer than `TCPIE_QUEUE_TIMEOUT_MS`.
     QueueTimeout,
+    /// 429: no token in the client's own bucket (`TCPIE_CLIENT_KEY`).
+    ClientRateLimited,
+}
+
+/// Which rate limit refused a request (the `limit` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// The one bucket every request passes (`TCPIE_RATE_PER_SECOND`, `TCPIE_BURST`).
+    Global,
+    /// The client's own bucket (`TCPIE_CLIENT_RATE_PER_SECOND`, `TCPIE_CLIENT_BURST`).
+    Client,
+}
+
+impl Limit {
+    pub const ALL: [Limit; 2] = [Limit::Global, Limit::Client];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Limit::Global => "global",
+            Limit::Client => "client",
+        }
+    }
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 9] = [
+    pub const ALL: [Outcome; 10] = [
         Outcome::Processed,
         Outcome::RateLimited,
         Outcome::QueueFull,
@@ -47,6 +69,7 @@ impl Outcome {
         Outcome::WriteError,
         Outcome::ShuttingDown,
         Outcome::QueueTimeout,
+        Outcome::ClientRateLimited,
     ];
 
     /// The `outcome` label value.
@@ -61,6 +84,7 @@ impl Outcome {
             Outcome::WriteError => "write_error",
             Outcome::ShuttingDown => "shutting_down",
             Outcome::QueueTimeout => "queue_timeout",
+            Outcome::ClientRateLimited => "client_rate_limited",
         }
     }
 
@@ -75,7 +99,7 @@ pub struct Metrics {
     pub connections_accepted: IntCounter,
     pub connections_closed_before_request: IntCounter,
     pub connections_open: IntGauge,
-    requests: [IntCounter; 9],
+    requests: [IntCounter; 10],
     pub request_duration: Histogram,
     pub queue_wait: Histogram,
     pub queue_depth: IntGauge,
@@ -85,6 +109,16 @@ pub struct Metrics {
     pub rate_limit_tokens: Gauge,
     pub ready: IntGauge,
     pub accept_errors: IntCounter,
+    rate_limit_rejections: [IntCounter; 2],
+    dry_run_rejections: [IntCounter; 2],
+    /// Clients tracked by the per-client limit now (set when scraped).
+    pub rate_limit_clients: IntGauge,
+    /// `TCPIE_CLIENT_TABLE_SIZE` (0 without a per-client limit).
+    pub rate_limit_client_table_size: IntGauge,
+    /// Clients dropped from the table because their bucket was full again.
+    pub clients_dropped_refilled: IntCounter,
+    /// Clients in debt evicted from a full table (each regains a full bucket).
+    pub clients_dropped_evicted: IntCounter,
 }
 
 /// Latency buckets in seconds, from half a millisecond to 10 s.
@@ -119,6 +153,31 @@ impl Metrics {
         )?;
         registry.register(Box::new(requests_vec.clone()))?;
         let requests = Outcome::ALL.map(|o| requests_vec.with_label_values(&[o.as_str()]));
+
+        let by_limit = |name: &str, help: &str| -> prometheus::Result<[IntCounter; 2]> {
+            let vec = IntCounterVec::new(Opts::new(name, help), &["limit"])?;
+            registry.register(Box::new(vec.clone()))?;
+            Ok(Limit::ALL.map(|l| vec.with_label_values(&[l.as_str()])))
+        };
+        let rate_limit_rejections = by_limit(
+            "tcpie_rate_limit_rejections_total",
+            "Requests refused 429 by a rate limit, by the limit that refused them.",
+        )?;
+        let dry_run_rejections = by_limit(
+            "tcpie_rate_limit_dry_run_rejections_total",
+            "Requests a rate limit would have refused, served because of \
+             TCPIE_RATE_LIMIT_DRY_RUN, by limit.",
+        )?;
+        let dropped = IntCounterVec::new(
+            Opts::new(
+                "tcpie_rate_limit_clients_dropped_total",
+                "Clients dropped from the per-client table: refilled (bucket full again, \
+                 nothing lost) or evicted (table full of clients in debt; the least recently \
+                 seen starts again with a full bucket).",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(dropped.clone()))?;
 
         let rate_limit_tokens = Gauge::new(
             "tcpie_rate_limit_tokens",
@@ -179,12 +238,45 @@ impl Metrics {
                 "tcpie_accept_errors_total",
                 "Errors accepting connections (for example too many open files).",
             )?,
+            rate_limit_rejections,
+            dry_run_rejections,
+            rate_limit_clients: gauge(
+                "tcpie_rate_limit_clients",
+                "Clients tracked by the per-client rate limit when scraped.",
+            )?,
+            rate_limit_client_table_size: gauge(
+                "tcpie_rate_limit_client_table_size",
+                "Most clients the per-client rate limit tracks (TCPIE_CLIENT_TABLE_SIZE; 0 \
+                 when TCPIE_CLIENT_KEY is none).",
+            )?,
+            clients_dropped_refilled: dropped.with_label_values(&["refilled"]),
+            clients_dropped_evicted: dropped.with_label_values(&["evicted"]),
         })
     }
 
     /// Counts one finished request.
     pub fn record(&self, outcome: Outcome) {
         self.requests[outcome.index()].inc();
+    }
+
+    /// Counts a request a rate limit refused (or, in dry run, would have).
+    pub fn rate_limited(&self, limit: Limit, dry_run: bool) {
+        let counters = if dry_run {
+            &self.dry_run_rejections
+        } else {
+            &self.rate_limit_rejections
+        };
+        counters[limit as usize].inc();
+    }
+
+    /// Rejections by one limit so far (dry run or not).
+    pub fn rate_limit_rejections(&self, limit: Limit, dry_run: bool) -> u64 {
+        let counters = if dry_run {
+            &self.dry_run_rejections
+        } else {
+            &self.rate_limit_rejections
+        };
+        counters[limit as usize].get()
     }
 
     /// The count of one outcome so far.

@@ -23,26 +23,26 @@ use tokio::time::Instant;
 /// invalid ones, which the configuration refuses anyway) are clamped to it.
 const MAX_INTERVAL_NS: u64 = 1_000_000_000_000_000;
 
-/// A token bucket shared by all connections.
-#[derive(Debug)]
-pub struct TokenBucket {
-    origin: Instant,
+/// The arithmetic of one bucket (capacity and refill), apart from where its state lives:
+/// the global bucket keeps its TAT in an atomic, each client's in the client table
+/// ([`crate::clients`]). Both use exactly this, so a client's bucket is as exact as the
+/// global one.
+#[derive(Debug, Clone, Copy)]
+pub struct Gcra {
     /// Nanoseconds per token: 1 / rate.
     interval_ns: u64,
     /// How far ahead of now the TAT may run: burst × interval (u128: it must not
     /// saturate, or a huge interval would mean "always a token").
     tolerance_ns: u128,
     burst: u32,
-    /// Theoretical arrival time, nanoseconds since `origin`.
-    tat_ns: AtomicU64,
 }
 
-impl TokenBucket {
-    /// A full bucket of `burst` tokens refilled at `rate_per_second`.
+impl Gcra {
+    /// A bucket of `burst` tokens refilled at `rate_per_second`.
     ///
     /// `burst` must be at least 1 and `rate_per_second` positive and finite (the
     /// configuration guarantees both); out-of-range values are clamped, never a panic.
-    pub fn new(rate_per_second: f64, burst: u32, now: Instant) -> TokenBucket {
+    pub fn new(rate_per_second: f64, burst: u32) -> Gcra {
         let interval = if rate_per_second.is_finite() && rate_per_second > 0.0 {
             (1e9 / rate_per_second).round()
         } else {
@@ -52,56 +52,123 @@ impl TokenBucket {
         // u64::MAX would push the TAT past what a u64 holds.
         let interval_ns = (interval as u64).clamp(1, MAX_INTERVAL_NS);
         let burst = burst.max(1);
-        TokenBucket {
-            origin: now,
+        Gcra {
             interval_ns,
             tolerance_ns: u128::from(interval_ns) * u128::from(burst),
             burst,
-            tat_ns: AtomicU64::new(0),
         }
     }
 
-    fn since_origin(&self, now: Instant) -> u64 {
-        u64::try_from(now.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
-    }
-
-    /// Takes one token, or says how long until one is available.
-    pub fn try_acquire(&self, now: Instant) -> Result<(), Duration> {
-        let now_ns = self.since_origin(now);
-        let mut tat = self.tat_ns.load(Ordering::Relaxed);
-        loop {
-            let next = u128::from(tat.max(now_ns)) + u128::from(self.interval_ns);
-            let ahead = next - u128::from(now_ns);
-            if ahead > self.tolerance_ns {
-                let wait = u64::try_from(ahead - self.tolerance_ns).unwrap_or(u64::MAX);
-                return Err(Duration::from_nanos(wait));
-            }
-            // A TAT beyond u64 is centuries away: no token until then.
-            let Ok(next) = u64::try_from(next) else {
-                return Err(Duration::from_nanos(u64::MAX));
-            };
-            match self
-                .tat_ns
-                .compare_exchange_weak(tat, next, Ordering::Relaxed, Ordering::Relaxed)
-            {
-                Ok(_) => return Ok(()),
-                Err(actual) => tat = actual,
-            }
+    /// The TAT after taking one token at `now_ns` from a bucket at `tat`, or how long
+    /// until a token is available. A TAT at or before now is a full bucket.
+    #[inline]
+    pub fn take(&self, tat: u64, now_ns: u64) -> Result<u64, Duration> {
+        let next = u128::from(tat.max(now_ns)) + u128::from(self.interval_ns);
+        let ahead = next - u128::from(now_ns);
+        if ahead > self.tolerance_ns {
+            let wait = u64::try_from(ahead - self.tolerance_ns).unwrap_or(u64::MAX);
+            return Err(Duration::from_nanos(wait));
         }
+        // A TAT beyond u64 is centuries away: no token until then.
+        u64::try_from(next).map_err(|_| Duration::from_nanos(u64::MAX))
     }
 
-    /// Tokens available at `now`, fractions included (for metrics and probes).
-    pub fn available(&self, now: Instant) -> f64 {
-        let now_ns = self.since_origin(now);
-        let debt = self.tat_ns.load(Ordering::Relaxed).saturating_sub(now_ns);
+    /// Tokens available at `now_ns` in a bucket at `tat`, fractions included.
+    pub fn available(&self, tat: u64, now_ns: u64) -> f64 {
+        let debt = tat.saturating_sub(now_ns);
         let tokens =
             (self.tolerance_ns.saturating_sub(u128::from(debt))) as f64 / self.interval_ns as f64;
         tokens.clamp(0.0, f64::from(self.burst))
     }
 
+    /// How long until a bucket at `tat` is full again.
+    pub fn full_in(tat: u64, now_ns: u64) -> Duration {
+        Duration::from_nanos(tat.saturating_sub(now_ns))
+    }
+
     /// The bucket's capacity.
     pub fn burst(&self) -> u32 {
         self.burst
+    }
+
+    /// The time a bucket takes to refill from empty to full.
+    pub fn window(&self) -> Duration {
+        Duration::from_nanos(u64::try_from(self.tolerance_ns).unwrap_or(u64::MAX))
+    }
+}
+
+/// Nanoseconds from `origin` to `now` (0 before it, saturating far after it).
+pub fn nanos_since(origin: Instant, now: Instant) -> u64 {
+    u64::try_from(now.saturating_duration_since(origin).as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// A token bucket shared by all connections.
+#[derive(Debug)]
+pub struct TokenBucket {
+    origin: Instant,
+    gcra: Gcra,
+    /// Theoretical arrival time, nanoseconds since `origin`.
+    tat_ns: AtomicU64,
+}
+
+impl TokenBucket {
+    /// A full bucket of `burst` tokens refilled at `rate_per_second` (see [`Gcra::new`]).
+    pub fn new(rate_per_second: f64, burst: u32, now: Instant) -> TokenBucket {
+        TokenBucket {
+            origin: now,
+            gcra: Gcra::new(rate_per_second, burst),
+            tat_ns: AtomicU64::new(0),
+        }
+    }
+
+    /// Takes one token, or says how long until one is available.
+    pub fn try_acquire(&self, now: Instant) -> Result<(), Duration> {
+        self.take(now).map(|_| ())
+    }
+
+    /// Takes one token and returns the bucket's TAT after it (see [`TokenBucket::state`]),
+    /// or says how long until a token is available.
+    pub fn take(&self, now: Instant) -> Result<u64, Duration> {
+        let now_ns = nanos_since(self.origin, now);
+        let mut tat = self.tat_ns.load(Ordering::Relaxed);
+        loop {
+            let next = self.gcra.take(tat, now_ns)?;
+            match self
+                .tat_ns
+                .compare_exchange_weak(tat, next, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return Ok(next),
+                Err(actual) => tat = actual,
+            }
+        }
+    }
+
+    /// Whole tokens left and the time until full, for a bucket at `tat` (as
+    /// [`TokenBucket::take`] returned it, or the current one with `None`).
+    pub fn state(&self, tat: Option<u64>, now: Instant) -> (u32, Duration) {
+        let now_ns = nanos_since(self.origin, now);
+        let tat = tat.unwrap_or_else(|| self.tat_ns.load(Ordering::Relaxed));
+        (
+            self.gcra.available(tat, now_ns).floor() as u32,
+            Gcra::full_in(tat, now_ns),
+        )
+    }
+
+    /// Tokens available at `now`, fractions included (for metrics and probes).
+    pub fn available(&self, now: Instant) -> f64 {
+        let now_ns = nanos_since(self.origin, now);
+        self.gcra
+            .available(self.tat_ns.load(Ordering::Relaxed), now_ns)
+    }
+
+    /// The bucket's arithmetic.
+    pub fn gcra(&self) -> &Gcra {
+        &self.gcra
+    }
+
+    /// The bucket's capacity.
+    pub fn burst(&self) -> u32 {
+        self.gcra.burst
     }
 }
 

@@ -39,6 +39,7 @@ impl RequestSpan {
             error.type = Empty,
             tcpie.outcome = Empty,
             tcpie.queue_wait_ms = Empty,
+            tcpie.rate_limit.dry_run_rejected = Empty,
             tcpie.connection_id = i64::try_from(connection_id).unwrap_or(i64::MAX),
         );
         if !span.is_disabled() {
@@ -81,6 +82,14 @@ impl RequestSpan {
         if !self.0.is_disabled() {
             self.0
                 .record("tcpie.queue_wait_ms", wait.as_secs_f64() * 1000.0);
+        }
+    }
+
+    /// A rate limit would have refused the request, which dry run serves.
+    pub fn dry_run_rejected(&self, limit: crate::metrics::Limit) {
+        if !self.0.is_disabled() {
+            self.0
+                .record("tcpie.rate_limit.dry_run_rejected", limit.as_str());
         }
     }
 

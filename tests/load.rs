@@ -413,3 +413,161 @@ async fn running_out_of_file_descriptors_backs_off_and_recovers() {
         Some(0)
     );
 }
+
+/// Resident memory of a process, bytes (Linux).
+fn rss_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "load test: cargo test --test load -- --ignored --test-threads=1"]
+async fn a_million_client_keys_stay_within_the_table_and_calm_clients_are_served() {
+    const KEYS: u64 = 1_000_000;
+    const SIZE: u64 = 100_000;
+    let mut tcpie = spawn(
+        &[],
+        &[
+            ("TCPIE_BURST", "0"),
+            ("TCPIE_WORKERS", "64"),
+            ("TCPIE_QUEUE_SIZE", "1000"),
+            ("TCPIE_KEEP_ALIVE", "true"),
+            ("TCPIE_MAX_REQUESTS_PER_CONNECTION", "1000000"),
+            ("TCPIE_CLIENT_KEY", "header:X-Key"),
+            // One request a second each: every key leaves a debt for a second, so the
+            // table fills with clients in debt faster than they refill and has to evict.
+            ("TCPIE_CLIENT_RATE_PER_SECOND", "1"),
+            ("TCPIE_CLIENT_BURST", "1"),
+            ("TCPIE_CLIENT_TABLE_SIZE", &SIZE.to_string()),
+        ],
+    );
+    let addr = tcpie.tcp;
+    let pid = tcpie.child.id();
+    let rss_before = rss_of(pid);
+    let tracked = MaxWatch::start(
+        tcpie.admin,
+        "tcpie_rate_limit_clients",
+        Duration::from_millis(200),
+    );
+
+    // Four connections, each pipelining its share of a million distinct keys in batches.
+    let flood: Vec<_> = (0..4u64)
+        .map(|c| {
+            tokio::spawn(async move {
+                let mut stream = TcpStream::connect(addr).await.unwrap();
+                let mut buf = vec![0u8; 1 << 16];
+                let (mut served, mut refused) = (0u64, 0u64);
+                let mut key = c;
+                while key < KEYS {
+                    let mut batch = Vec::with_capacity(64 * 64);
+                    let mut n = 0;
+                    while n < 64 && key < KEYS {
+                        batch.extend_from_slice(
+                            format!("GET / HTTP/1.1\r\nHost: t\r\nX-Key: k{key}\r\n\r\n")
+                                .as_bytes(),
+                        );
+                        key += 4;
+                        n += 1;
+                    }
+                    stream.write_all(&batch).await.unwrap();
+                    // Read the n answers: each ends with its 14- or 39-byte body, and
+                    // starts with its status line.
+                    let mut pending = Vec::new();
+                    let mut answers = 0;
+                    while answers < n {
+                        let got = stream.read(&mut buf).await.unwrap();
+                        assert!(got > 0, "the server closed the connection");
+                        pending.extend_from_slice(&buf[..got]);
+                        while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&pending[..end]).into_owned();
+                            let len: usize = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("Content-Length: "))
+                                .unwrap()
+                                .parse()
+                                .unwrap();
+                            if pending.len() < end + 4 + len {
+                                break;
+                            }
+                            if head.starts_with("HTTP/1.1 200") {
+                                served += 1;
+                            } else {
+                                assert!(head.starts_with("HTTP/1.1 429"), "{head}");
+                                refused += 1;
+                            }
+                            pending.drain(..end + 4 + len);
+                            answers += 1;
+                        }
+                    }
+                }
+                (served, refused)
+            })
+        })
+        .collect();
+
+    // Meanwhile a well-behaved client, at its rate, with its own key.
+    let calm = tokio::spawn(async move {
+        let mut statuses = Vec::new();
+        for _ in 0..8 {
+            let reply = request(
+                addr,
+                b"GET / HTTP/1.1\r\nHost: t\r\nX-Key: calm\r\nConnection: close\r\n\r\n",
+            )
+            .await
+            .unwrap();
+            statuses.push(reply.status);
+            sleep(Duration::from_millis(1100)).await;
+        }
+        statuses
+    });
+
+    let started = Instant::now();
+    let mut served = 0;
+    for f in flood {
+        let (s, r) = f.await.unwrap();
+        served += s;
+        assert_eq!(r, 0, "every key is new: none can be over its limit");
+    }
+    let took = started.elapsed();
+    let statuses = calm.await.unwrap();
+    let max_tracked = tracked.finish().await;
+    let rss_after = rss_of(pid);
+    let (_, text) = common::admin_get(tcpie.admin, "/metrics").await;
+    let evicted = metric_value(
+        &text,
+        "tcpie_rate_limit_clients_dropped_total{reason=\"evicted\"}",
+    )
+    .unwrap();
+    let refilled = metric_value(
+        &text,
+        "tcpie_rate_limit_clients_dropped_total{reason=\"refilled\"}",
+    )
+    .unwrap();
+    let now_tracked = metric_value(&text, "tcpie_rate_limit_clients").unwrap();
+    let growth = rss_after.saturating_sub(rss_before);
+    println!(
+        "{KEYS} keys in {took:?}: max tracked {max_tracked}, evicted {evicted}, refilled {refilled}, RSS {} -> {} KiB (+{} KiB)",
+        rss_before / 1024,
+        rss_after / 1024,
+        growth / 1024
+    );
+    assert_eq!(served, KEYS);
+    assert!(max_tracked <= SIZE as f64 && now_tracked <= SIZE as f64);
+    assert!(now_tracked >= SIZE as f64 * 0.95, "{now_tracked}");
+    // Every key but those still tracked left: refilled (a second after its request) or,
+    // while the table was full of clients in debt, evicted.
+    assert!(
+        evicted > 0.0 && evicted + refilled >= (KEYS - SIZE) as f64 * 0.99,
+        "{evicted} + {refilled}"
+    );
+    assert_eq!(statuses, vec![200; 8], "the calm client was refused");
+    // The table's bound (at most 56 bytes a client) plus 8 MiB for everything else the
+    // run allocates (connections, buffers, the allocator's arenas).
+    assert!(growth <= SIZE * 56 + (8 << 20), "RSS grew {growth} bytes");
+    tcpie.child.kill().unwrap();
+}

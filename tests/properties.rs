@@ -241,3 +241,113 @@ fn the_binary_starts_or_explains_for_arbitrary_values() {
         );
     }
 }
+
+/// One step of a client sequence: which client (of a few), and how long after the last.
+fn client_steps() -> impl Strategy<Value = Vec<(u8, u32)>> {
+    proptest::collection::vec((0u8..12, prop_oneof![Just(0u32), 0u32..5_000_000]), 1..400)
+}
+
+/// Admissions of one client, by time (ns since the start).
+type Admitted = std::collections::HashMap<u8, Vec<u64>>;
+
+/// Checks that no window of a client's admissions holds more than
+/// `burst + rate × window`.
+fn within_bound(times: &[u64], rate: f64, burst: u32) -> Result<(), TestCaseError> {
+    for (i, &start) in times.iter().enumerate() {
+        for (n, &end) in times[i..].iter().enumerate() {
+            let allowed = f64::from(burst) + rate * (end - start) as f64 / 1e9;
+            prop_assert!(
+                (n + 1) as f64 <= allowed + 1e-6,
+                "{} admitted in {} ns, at most {allowed}",
+                n + 1,
+                end - start
+            );
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// With room for every client, each one's bucket is exactly a GCRA of its own: the
+    /// table agrees with a reference model request by request, and no client is ever
+    /// admitted beyond `burst + rate × elapsed`.
+    #[test]
+    fn each_client_is_held_to_its_own_exact_bucket(
+        steps in client_steps(),
+        rate in 0.5f64..2000.0,
+        burst in 1u32..8,
+    ) {
+        use tcpie::client_key::Identity;
+        use tcpie::clients::ClientTable;
+        use tcpie::ratelimit::Gcra;
+        let counter = |n| prometheus::IntCounter::new(n, "t").unwrap();
+        let origin = tokio::time::Instant::now();
+        let table = ClientTable::new(rate, burst, 64, origin, counter("r"), counter("e"));
+        let gcra = Gcra::new(rate, burst);
+        let mut model: std::collections::HashMap<u8, u64> = Default::default();
+        let mut admitted = Admitted::new();
+        let mut now_ns = 0u64;
+        for (client, gap) in steps {
+            now_ns += u64::from(gap);
+            let now = origin + Duration::from_nanos(now_ns);
+            let id = table.id(&Identity::Bytes(&[client]));
+            let got = table.take(id, now, || true).is_ok();
+            let tat = model.entry(client).or_insert(0);
+            let want = match gcra.take(*tat, now_ns) {
+                Ok(next) => { *tat = next; true }
+                Err(_) => false,
+            };
+            prop_assert_eq!(got, want, "client {} at {} ns", client, now_ns);
+            if got {
+                admitted.entry(client).or_default().push(now_ns);
+            }
+        }
+        for times in admitted.values() {
+            within_bound(times, rate, burst)?;
+        }
+    }
+
+    /// With a table far smaller than the clients, it never tracks more than its size,
+    /// and a client is held to its bound over every stretch in which no client in debt
+    /// was evicted (an evicted client starts again with a full bucket, by design).
+    #[test]
+    fn a_small_table_stays_bounded_and_exact_while_states_are_kept(
+        steps in client_steps(),
+        rate in 0.5f64..2000.0,
+        burst in 1u32..4,
+        size in 1usize..6,
+    ) {
+        use tcpie::client_key::Identity;
+        use tcpie::clients::ClientTable;
+        let evicted = prometheus::IntCounter::new("e", "t").unwrap();
+        let origin = tokio::time::Instant::now();
+        let table = ClientTable::new(
+            rate, burst, size, origin, prometheus::IntCounter::new("r", "t").unwrap(), evicted.clone(),
+        );
+        let mut admitted = Admitted::new();
+        let mut now_ns = 0u64;
+        for (client, gap) in steps {
+            now_ns += u64::from(gap);
+            let now = origin + Duration::from_nanos(now_ns);
+            let before = evicted.get();
+            let id = table.id(&Identity::Bytes(&[client]));
+            let got = table.take(id, now, || true).is_ok();
+            prop_assert!(table.len() <= size);
+            if evicted.get() != before {
+                // A state was lost: bounds start again from here for everyone.
+                for times in admitted.values() {
+                    within_bound(times, rate, burst)?;
+                }
+                admitted.clear();
+            }
+            if got {
+                admitted.entry(client).or_default().push(now_ns);
+            }
+        }
+        for times in admitted.values() {
+            within_bound(times, rate, burst)?;
+        }
+    }
+}

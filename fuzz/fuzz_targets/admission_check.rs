@@ -3,6 +3,8 @@
 use std::time::Duration;
 
 use futures_util::FutureExt;
+use tcpie::client_key::Identity;
+use tcpie::clients::ClientTable;
 use tcpie::pool::{Entry, Permit, Pool, Wait};
 use tcpie::ratelimit::TokenBucket;
 use tokio::time::Instant;
@@ -17,9 +19,20 @@ pub fn check(data: &[u8]) {
     let rate = f64::from(1 + u32::from(*r)) / 8.0; // 0.125 to 32 tokens per second
     let burst = 1 + u32::from(*b % 32);
 
+    // Each client's own bucket, from the same bytes (the input layout predates it).
+    let client_rate = f64::from(1 + u32::from(r.rotate_left(4))) / 16.0;
+    let client_burst = 1 + u32::from(*b >> 5);
+    let table_size = 1 + usize::from(*w >> 4);
+
     let start = Instant::now();
     let mut now = start;
     let bucket = TokenBucket::new(rate, burst, start);
+    let counter = |n| prometheus::IntCounter::new(n, "fuzz").unwrap();
+    let evicted = counter("e");
+    let table = ClientTable::new(client_rate, client_burst, table_size, start, counter("r"), evicted.clone());
+    // Per client (of 16): admitted since the bound's window started, and when it started
+    // (at the start, or when a client in debt was evicted: it then regains a burst).
+    let mut clients = [(0u64, start); 16];
     let pool = Pool::new(workers, queue_size, start);
     let mut admitted = 0u64;
     let mut next_id = 0u64;
@@ -32,9 +45,41 @@ pub fn check(data: &[u8]) {
         match op % 5 {
             // Time passes: up to 255 ms.
             0 => now += Duration::from_millis(u64::from(op / 5) * 4),
-            // A request arrives: bucket, then pool.
+            // A request arrives from one of 16 clients: its bucket, the global one, then
+            // the pool.
             1 | 2 => {
-                if bucket.try_acquire(now).is_ok() {
+                let client = usize::from(op / 5) % 16;
+                let id = table.id(&Identity::Bytes(&[client as u8]));
+                let evictions = evicted.get();
+                let mut asked = false;
+                let taken = table.take(id, now, || {
+                    asked = true;
+                    bucket.try_acquire(now).is_ok()
+                });
+                if evicted.get() != evictions {
+                    for c in clients.iter_mut() {
+                        *c = (0, now);
+                    }
+                }
+                match taken {
+                    Err(refused) => {
+                        // Refused by its own bucket: the global one was not asked.
+                        assert!(!asked, "a client refused by its bucket spent a global token");
+                        assert!(!refused.wait.is_zero());
+                    }
+                    Ok(None) => assert!(asked),
+                    Ok(Some(_)) => {
+                        let (n, since) = &mut clients[client];
+                        *n += 1;
+                        let elapsed = now.duration_since(*since).as_secs_f64();
+                        assert!(
+                            *n as f64 <= f64::from(client_burst) + client_rate * elapsed + 1e-6,
+                            "client {client} over-admitted: {n} in {elapsed} s"
+                        );
+                    }
+                }
+                assert!(table.len() <= table_size, "the table outgrew its size");
+                if matches!(taken, Ok(Some(_))) {
                     admitted += 1;
                     match pool.try_enter(now) {
                         Some(Entry::Now(p)) => {

@@ -38,7 +38,7 @@ macro_rules! variables {
         $(
             $(#[doc = $doc:literal])+
             $name:ident => $field:ident : $ty:ty = $default:expr;
-                expect $expected:literal;
+                expect $expected:expr;
                 valid |$c:ident| $valid:expr;
         )+
     ) => {

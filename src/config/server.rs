@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::client_key::ClientKey;
+
 use super::{read, unknown_hint, ConfigError, ConfigErrors, Shown, PREFIX};
 
 /// How log lines are written; the filter itself comes from `RUST_LOG`.
@@ -74,6 +76,44 @@ variables! {
     TCPIE_BURST => burst: u32 = 5;
         expect "a whole number from 0 (rate limiting off) to 1000000000";
         valid |c| c.burst <= 1_000_000_000;
+    /// What makes requests one client, each with its own bucket (see Per-client rate
+    /// limits): `none` (one global bucket only), `peer` (the peer's IP address, IPv6 by
+    /// /64), `header:NAME` (that header's value; the peer's address without it),
+    /// `forwarded` (the address in `X-Forwarded-For` `TCPIE_TRUSTED_HOPS` entries from the
+    /// right) or `forwarded:rfc7239` (the same from the `Forwarded` header's `for=`).
+    TCPIE_CLIENT_KEY => client_key: ClientKey = ClientKey::None;
+        expect ClientKey::EXPECTED;
+        valid |_c| true;
+    /// With `forwarded`: the proxies in front of TCPie that append to the header; the
+    /// client is the entry that many from the right (the peer's address when there are
+    /// fewer entries).
+    TCPIE_TRUSTED_HOPS => trusted_hops: u32 = 1;
+        expect "a whole number from 1 to 64";
+        valid |c| (1..=64).contains(&c.trusted_hops);
+    /// Token refill rate of each client's bucket, tokens per second.
+    TCPIE_CLIENT_RATE_PER_SECOND => client_rate_per_second: f64 = 1.0;
+        expect "tokens per second from 0.001 to 1000000000, fractions allowed";
+        valid |c| c.client_rate_per_second.is_finite()
+            && (0.001..=1e9).contains(&c.client_rate_per_second);
+    /// Capacity of each client's bucket.
+    TCPIE_CLIENT_BURST => client_burst: u32 = 5;
+        expect "a whole number from 1 to 1000000000";
+        valid |c| (1..=1_000_000_000).contains(&c.client_burst);
+    /// Most clients tracked at once (about 46 bytes each, allocated at start when
+    /// `TCPIE_CLIENT_KEY` is not `none`).
+    TCPIE_CLIENT_TABLE_SIZE => client_table_size: usize = 100_000;
+        expect "a whole number from 1 to 10000000";
+        valid |c| (1..=10_000_000).contains(&c.client_table_size);
+    /// Compute and count every rate-limit decision, but serve the requests they would
+    /// refuse (`tcpie_rate_limit_dry_run_rejections_total`): for rolling out limits.
+    TCPIE_RATE_LIMIT_DRY_RUN => rate_limit_dry_run: bool = false;
+        expect "true or false";
+        valid |_c| true;
+    /// Send `RateLimit-Policy` and `RateLimit` (IETF draft) on every answer, not only on
+    /// 429.
+    TCPIE_RATE_LIMIT_HEADERS => rate_limit_headers: bool = false;
+        expect "true or false";
+        valid |_c| true;
     /// Absolute deadline for reading a request: its head and its body.
     TCPIE_READ_TIMEOUT_MS => read_timeout_ms: u64 = 3000;
         expect "milliseconds from 1 to 3600000";
@@ -328,7 +368,7 @@ mod tests {
     #[test]
     fn every_variable_is_listed_once() {
         let names: Vec<&str> = variable_names().collect();
-        assert_eq!(names.len(), 21);
+        assert_eq!(names.len(), 28);
         let mut sorted = names.clone();
         sorted.sort();
         sorted.dedup();

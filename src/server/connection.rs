@@ -202,31 +202,40 @@ impl Conn {
         }
     }
 
-    /// Writes a prebuilt answer (its head only, for a `HEAD`), with its `Date`, within
-    /// `limit`; false if it could not.
-    pub async fn answer(&mut self, answer: &Answer, head_only: bool, limit: Duration) -> bool {
+    /// Writes a prebuilt answer (its head only, for a `HEAD`), with its `Date` and the
+    /// header lines in `fields` (empty, or complete lines), within `limit`; false if it
+    /// could not.
+    pub async fn answer(
+        &mut self,
+        answer: &Answer,
+        fields: &[u8],
+        head_only: bool,
+        limit: Duration,
+    ) -> bool {
         let (before, after) = answer.parts(head_only);
-        self.write_dated([before, after, &[]], limit).await
+        self.write_dated([before, fields, after, &[]], limit).await
     }
 
-    /// Writes a handler's answer: its head, then its body unless `head_only`.
+    /// Writes a handler's answer: its head (with `fields`, as in [`Conn::answer`]), then
+    /// its body unless `head_only`.
     pub async fn answer_with_body(
         &mut self,
         head: &Answer,
+        fields: &[u8],
         body: &[u8],
         head_only: bool,
         limit: Duration,
     ) -> bool {
         let (before, after) = head.parts(false);
         let body = if head_only { &[][..] } else { body };
-        self.write_dated([before, after, body], limit).await
+        self.write_dated([before, fields, after, body], limit).await
     }
 
     /// Writes `parts[0]`, the `Date` line, then the other parts: one system call when the
     /// socket takes it all (it almost always does).
-    async fn write_dated(&mut self, parts: [&[u8]; 3], limit: Duration) -> bool {
+    async fn write_dated(&mut self, parts: [&[u8]; 4], limit: Duration) -> bool {
         let date = date::line();
-        let parts = [parts[0], &date[..], parts[1], parts[2]];
+        let parts = [parts[0], &date[..], parts[1], parts[2], parts[3]];
         let mut write = pin!(write_parts(&mut self.stream, parts));
         // The socket almost always takes the whole answer at once: only an answer that
         // has to wait gets a timer (and a clock read) for its deadline.
@@ -286,11 +295,11 @@ impl Conn {
     }
 }
 
-async fn write_parts(stream: &mut TcpStream, parts: [&[u8]; 4]) -> std::io::Result<()> {
+async fn write_parts(stream: &mut TcpStream, parts: [&[u8]; 5]) -> std::io::Result<()> {
     let total: usize = parts.iter().map(|p| p.len()).sum();
     let mut written = 0;
     while written < total {
-        let mut slices = [IoSlice::new(&[]); 4];
+        let mut slices = [IoSlice::new(&[]); 5];
         let mut n = 0;
         let mut skip = written;
         for part in parts {

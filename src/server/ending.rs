@@ -24,8 +24,10 @@ pub(crate) enum End {
     Processed { status: u16 },
     /// Processed, but the answer could not be written in time.
     WriteError { status: u16 },
-    /// 429: no token.
+    /// 429: no token in the global bucket.
     RateLimited { retry_after: u64 },
+    /// 429: no token in the client's own bucket.
+    ClientRateLimited { retry_after: u64 },
     /// 503: no permit and no place in the queue.
     QueueFull,
     /// 408: the head did not arrive in time.
@@ -46,6 +48,7 @@ impl End {
             End::Processed { .. } => Outcome::Processed,
             End::WriteError { .. } => Outcome::WriteError,
             End::RateLimited { .. } => Outcome::RateLimited,
+            End::ClientRateLimited { .. } => Outcome::ClientRateLimited,
             End::QueueFull => Outcome::QueueFull,
             End::HeadTimeout | End::BodyTimeout => Outcome::ReadTimeout,
             End::Refused(Reject::UriTooLong | Reject::HeaderTooLarge) => Outcome::HeaderTooLarge,
@@ -58,7 +61,7 @@ impl End {
     pub fn status(self) -> u16 {
         match self {
             End::Processed { status } | End::WriteError { status } => status,
-            End::RateLimited { .. } => 429,
+            End::RateLimited { .. } | End::ClientRateLimited { .. } => 429,
             End::QueueFull | End::ShuttingDown | End::QueueTimeout => 503,
             End::HeadTimeout | End::BodyTimeout => 408,
             End::Refused(reject) => reject.status(),
@@ -72,14 +75,14 @@ impl End {
         let answer = match self {
             End::Processed { .. } | End::WriteError { .. } => return None,
             End::RateLimited { retry_after } => {
-                return Some(
-                    match a.rate_limited.get(retry_after.saturating_sub(1) as usize) {
-                        Some(r) => Cow::Borrowed(r),
-                        None => {
-                            Cow::Owned(Answer::prebuilt(429, Some(retry_after), "rate limited\n"))
-                        }
-                    },
-                )
+                return Some(too_many(&a.rate_limited, retry_after, RATE_LIMITED))
+            }
+            End::ClientRateLimited { retry_after } => {
+                return Some(too_many(
+                    &a.client_rate_limited,
+                    retry_after,
+                    CLIENT_RATE_LIMITED,
+                ))
             }
             End::QueueFull => &a.queue_full,
             End::ShuttingDown => &a.shutting_down,
@@ -97,9 +100,21 @@ impl End {
     }
 }
 
+const RATE_LIMITED: &str = "rate limited\n";
+const CLIENT_RATE_LIMITED: &str = "rate limited: this client's own limit\n";
+
+/// A 429 with `Retry-After`, prebuilt for the common values.
+fn too_many<'a>(prebuilt: &'a [Answer], retry_after: u64, body: &str) -> Cow<'a, Answer> {
+    match prebuilt.get(retry_after.saturating_sub(1) as usize) {
+        Some(r) => Cow::Borrowed(r),
+        None => Cow::Owned(Answer::prebuilt(429, Some(retry_after), body)),
+    }
+}
+
 /// The answers of every refusal, built once.
 pub(crate) struct Answers {
     rate_limited: Vec<Answer>,
+    client_rate_limited: Vec<Answer>,
     queue_full: Answer,
     queue_timeout: Answer,
     shutting_down: Answer,
@@ -119,7 +134,10 @@ impl Answers {
     pub fn new() -> Answers {
         Answers {
             rate_limited: (1..=PREBUILT_RETRY_AFTER)
-                .map(|s| Answer::prebuilt(429, Some(s), "rate limited\n"))
+                .map(|s| Answer::prebuilt(429, Some(s), RATE_LIMITED))
+                .collect(),
+            client_rate_limited: (1..=PREBUILT_RETRY_AFTER)
+                .map(|s| Answer::prebuilt(429, Some(s), CLIENT_RATE_LIMITED))
                 .collect(),
             queue_full: Answer::prebuilt(503, Some(1), "queue full\n"),
             queue_timeout: Answer::prebuilt(503, Some(1), "waited too long in the queue\n"),
@@ -168,6 +186,16 @@ mod tests {
         for (end, status, outcome) in [
             (End::RateLimited { retry_after: 3 }, 429, "rate_limited"),
             (End::RateLimited { retry_after: 600 }, 429, "rate_limited"),
+            (
+                End::ClientRateLimited { retry_after: 2 },
+                429,
+                "client_rate_limited",
+            ),
+            (
+                End::ClientRateLimited { retry_after: 61 },
+                429,
+                "client_rate_limited",
+            ),
             (End::QueueFull, 503, "queue_full"),
             (End::ShuttingDown, 503, "shutting_down"),
             (End::QueueTimeout, 503, "queue_timeout"),
@@ -192,7 +220,7 @@ mod tests {
                 status_line.starts_with(format!("HTTP/1.1 {status} ").as_bytes()),
                 "{end:?}"
             );
-            if let End::RateLimited { retry_after } = end {
+            if let End::RateLimited { retry_after } | End::ClientRateLimited { retry_after } = end {
                 let header = format!("Retry-After: {retry_after}\r\n");
                 assert!(rest.windows(header.len()).any(|w| w == header.as_bytes()));
             }

@@ -16,7 +16,7 @@ use futures_util::FutureExt;
 use tokio::time::{sleep, timeout, timeout_at, Instant};
 use tracing::Instrument;
 
-use super::admission::Decision;
+use super::admission::{Decision, Quota, Verdict};
 use super::connection::{Conn, ReadError};
 use super::ending::{finish, End};
 use super::Core;
@@ -166,6 +166,22 @@ impl Exchange<'_> {
         };
         let request = Request::new(bytes, &head);
         self.span.request(&request);
+        let client = core.admission.client(conn.peer.ip(), &request);
+        let decide = || {
+            let Verdict {
+                decision,
+                quota,
+                dry_run_refused,
+            } = core
+                .admission
+                .decide(&core.lifecycle, Instant::now(), client, &core.metrics);
+            if let Some(limit) = dry_run_refused {
+                self.span.dry_run_rejected(limit);
+            }
+            (decision, quota)
+        };
+        // What the rate limits said, for the `RateLimit` fields of the answer.
+        let mut quota = None;
         // Each request on a kept-alive connection is admitted on its own; one that is
         // rejected, the last one allowed, or one during shutdown closes it.
         let keep_alive = may_keep && request.wants_keep_alive && !core.shutting_down();
@@ -176,9 +192,13 @@ impl Exchange<'_> {
         // the body arrives.
         let mut admitted = None;
         if head.body != Body::Empty && head.expect_continue && !conn.has_buffered() {
-            match core.admission.decide(&core.lifecycle, Instant::now()) {
+            let (decision, said) = decide();
+            quota = said;
+            match decision {
                 Decision::Enter(entry) => admitted = Some(entry),
-                Decision::Refuse(end) => return Some(refused(self.refuse(conn, end).await)),
+                Decision::Refuse(end) => {
+                    return Some(refused(self.refuse_with(conn, end, quota).await))
+                }
             }
             if !conn
                 .write_raw(http::CONTINUE, core.config.write_timeout())
@@ -205,10 +225,16 @@ impl Exchange<'_> {
         };
         let entry = match admitted {
             Some(entry) => entry,
-            None => match core.admission.decide(&core.lifecycle, Instant::now()) {
-                Decision::Enter(entry) => entry,
-                Decision::Refuse(end) => return Some(read_whole(self.refuse(conn, end).await)),
-            },
+            None => {
+                let (decision, said) = decide();
+                quota = said;
+                match decision {
+                    Decision::Enter(entry) => entry,
+                    Decision::Refuse(end) => {
+                        return Some(read_whole(self.refuse_with(conn, end, quota).await))
+                    }
+                }
+            }
         };
         let admitted_at = Instant::now();
         // The `queue` span covers the wait for a permit: empty when one was free.
@@ -235,13 +261,13 @@ impl Exchange<'_> {
         drop(queue_span);
         let permit = match permit {
             Ok(permit) => permit,
-            Err(end) => return Some(read_whole(self.refuse(conn, end).await)),
+            Err(end) => return Some(read_whole(self.refuse_with(conn, end, quota).await)),
         };
         let waited = admitted_at.elapsed();
         core.metrics.queue_wait.observe(waited.as_secs_f64());
         self.span.queued(waited);
         let end = self
-            .process(conn, handler, &request, permit, keep_alive)
+            .process(conn, handler, &request, permit, keep_alive, quota)
             .await;
         Some(read_whole(end))
     }
@@ -255,8 +281,11 @@ impl Exchange<'_> {
         request: &Request,
         permit: Permit<'_>,
         keep_alive: bool,
+        quota: Option<Quota>,
     ) -> End {
         let core = self.core;
+        let fields = quota.map(fields);
+        let fields = fields.as_ref().map_or(&[][..], |f| f.as_bytes());
         let work = run_handler(core, handler, request).instrument(self.span.process_span());
         let limit = core.config.write_timeout();
         let end = match core.lifecycle.unless(Phase::HardStop, conn.id, work).await {
@@ -268,17 +297,17 @@ impl Exchange<'_> {
                     keep_alive,
                 );
                 let written = conn
-                    .answer_with_body(&head, &response.body, self.head_only, limit)
+                    .answer_with_body(&head, fields, &response.body, self.head_only, limit)
                     .await;
                 processed(response.status, written)
             }
             Some(Err(())) => {
                 let written = conn
-                    .answer(&core.answers.internal_error, self.head_only, limit)
+                    .answer(&core.answers.internal_error, fields, self.head_only, limit)
                     .await;
                 processed(500, written)
             }
-            None => self.refuse(conn, End::ShuttingDown).await,
+            None => self.refuse_with(conn, End::ShuttingDown, quota).await,
         };
         drop(permit);
         end
@@ -286,12 +315,36 @@ impl Exchange<'_> {
 
     /// Writes the prebuilt answer of `end` and returns `end`.
     async fn refuse(&self, conn: &mut Conn, end: End) -> End {
+        self.refuse_with(conn, end, None).await
+    }
+
+    /// Writes the prebuilt answer of `end`, with the `RateLimit` fields of `quota`, and
+    /// returns `end`.
+    async fn refuse_with(&self, conn: &mut Conn, end: End, quota: Option<Quota>) -> End {
         if let Some(answer) = end.answer(&self.core.answers) {
-            conn.answer(&answer, self.head_only, self.core.config.write_timeout())
-                .await;
+            let fields = quota.map(fields);
+            let fields = fields.as_ref().map_or(&[][..], |f| f.as_bytes());
+            conn.answer(
+                &answer,
+                fields,
+                self.head_only,
+                self.core.config.write_timeout(),
+            )
+            .await;
         }
         end
     }
+}
+
+/// The `RateLimit-Policy` and `RateLimit` fields of what a rate limit said.
+fn fields(quota: Quota) -> http::RateLimitFields {
+    http::RateLimitFields::new(
+        quota.limit.as_str(),
+        quota.burst,
+        quota.window,
+        quota.remaining,
+        quota.full_in,
+    )
 }
 
 fn processed(status: u16, written: bool) -> End {

@@ -55,7 +55,7 @@ impl Core {
         metrics.queue_capacity.set(config.queue_size as i64);
         Core {
             connection_cap: Arc::new(Semaphore::new(config.max_connections)),
-            admission: Admission::new(&config, Instant::now()),
+            admission: Admission::new(&config, &metrics, Instant::now()),
             lifecycle: Lifecycle::new(),
             answers: Answers::new(),
             metrics,

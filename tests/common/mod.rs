@@ -277,3 +277,20 @@ pub fn parse_reply(raw: Vec<u8>) -> std::io::Result<Reply> {
     }
     Ok(reply)
 }
+
+/// Sends `bytes` on a new connection from the loopback address `from` (127.0.0.2 is
+/// another client than 127.0.0.1) and reads the reply to the end.
+pub async fn request_from(
+    from: std::net::IpAddr,
+    addr: SocketAddr,
+    bytes: &[u8],
+) -> std::io::Result<Reply> {
+    let socket = match from {
+        std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.bind(SocketAddr::new(from, 0))?;
+    let mut stream = socket.connect(addr).await?;
+    stream.write_all(bytes).await?;
+    read_reply(&mut stream).await
+}
