@@ -375,6 +375,35 @@ def scenario_tracing(out: list[str]) -> dict:
     return {"idle_us": idle, "on_us": on, "overhead": on / idle - 1}
 
 
+def scenario_k(out: list[str]) -> dict:
+    """Per-client rate limits: their cost with TCPIE_CLIENT_KEY=none (the default: it must
+    be nothing) and with peer (every request hashes its client and takes a token from its
+    bucket; limits high enough that nothing is refused). wrk connects from one address, so
+    this is one client: the table's cost for many clients is the criterion benchmark's."""
+    peer = {"TCPIE_CLIENT_KEY": "peer", "TCPIE_CLIENT_RATE_PER_SECOND": "1000000000", "TCPIE_CLIENT_BURST": "1000000000"}
+    keep = {"TCPIE_KEEP_ALIVE": "true", "TCPIE_MAX_REQUESTS_PER_CONNECTION": "1000000"}
+    figures = {}
+    for mode, close, extra in (("connection per request", True, {}), ("keep-alive", False, keep)):
+        servers = [
+            ("tcpie, client key none", lambda extra=extra: start_tcpie(dict(extra))),
+            ("tcpie, client key peer", lambda extra=extra: start_tcpie({**extra, **peer})),
+        ]
+        if BEFORE:
+            servers.insert(1, ("tcpie (before)", lambda extra=extra: start_tcpie(dict(extra), Path(BEFORE))))
+        for threads in WRK_THREADS:
+            results: dict[str, list[dict]] = {name: [] for name, _ in servers}
+            for _ in range(ROUNDS):
+                for name, start in servers:
+                    server = start()
+                    try:
+                        results[name].append(measure(server, connections=64, close=close, threads=threads))
+                    finally:
+                        server.stop()
+            out.append(table(f"K. Per-client limits, {mode}, 64 connections, wrk -t{threads} (medians of {ROUNDS} interleaved rounds)", results, COLUMNS[:4]))
+            figures[f"{mode}-t{threads}"] = {n: {k: median(r, k) for k in ("cpu_us_per_req", "rps", "p99_ms")} for n, r in results.items()}
+    return figures
+
+
 def scenario_e(out: list[str]) -> None:
     r = subprocess.run(
         ["cargo", "bench", "--bench", "admission", "--", "--warm-up-time", "1", "--measurement-time", "3"],
@@ -388,7 +417,7 @@ def scenario_e(out: list[str]) -> None:
 
 
 def main() -> int:
-    only = set(sys.argv[1:]) or {"A", "B", "C", "D", "S", "T", "E"}
+    only = set(sys.argv[1:]) or {"A", "B", "C", "D", "S", "T", "K", "E"}
     out = [f"## Run of {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"]
     out.append(f"\nMachine: {os.cpu_count()} cores, {open('/proc/meminfo').readline().split()[1]} kB memory; "
                f"{subprocess.run(['wrk', '--version'], capture_output=True, text=True).stdout.splitlines()[0] if False else 'wrk 4.1.0'}; "
@@ -408,6 +437,8 @@ def main() -> int:
         figures["S"] = scenario_s(out)
     if "T" in only:
         figures["T"] = scenario_tracing(out)
+    if "K" in only:
+        figures["K"] = scenario_k(out)
     if "E" in only:
         scenario_e(out)
     text = "\n".join(out)

@@ -464,3 +464,55 @@ async fn nothing_per_request_is_logged_at_info() {
     assert_eq!(tcpie.log.lock().unwrap().lines().count(), before);
     stop(&mut tcpie, Duration::from_secs(10)).await;
 }
+
+#[tokio::test]
+async fn dry_run_marks_the_span_and_a_client_key_never_leaves_the_process() {
+    let (collector, received) = grpc_receiver().await;
+    let endpoint = format!("http://{collector}");
+    let mut tcpie = spawn(
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ("RUST_LOG", "debug"),
+            ("TCPIE_CLIENT_KEY", "header:Authorization"),
+            ("TCPIE_CLIENT_RATE_PER_SECOND", "0.001"),
+            ("TCPIE_CLIENT_BURST", "1"),
+            ("TCPIE_RATE_LIMIT_DRY_RUN", "true"),
+        ],
+    );
+    // Three requests with one credential: the second and third would be refused, and are
+    // served.
+    for _ in 0..3 {
+        let reply = request(
+            tcpie.tcp,
+            b"GET / HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer s3cr3t-token\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        assert_eq!(reply.status, 200);
+    }
+    let (_, metrics) = common::admin_get(tcpie.admin, "/metrics").await;
+    stop(&mut tcpie, Duration::from_secs(10)).await;
+
+    let spans = received.spans();
+    let marked: Vec<String> = spans
+        .iter()
+        .filter(|(_, s)| s.kind == SpanKind::Server as i32)
+        .map(
+            |(_, s)| match attr(&s.attributes, "tcpie.rate_limit.dry_run_rejected") {
+                Some(any_value::Value::StringValue(v)) => v.clone(),
+                _ => String::new(),
+            },
+        )
+        .collect();
+    assert_eq!(
+        marked.iter().filter(|m| *m == "client").count(),
+        2,
+        "{marked:?}"
+    );
+    // The key is hashed and dropped: not in a span, a log line or a metric.
+    let everything = format!("{spans:?}{}{metrics}", tcpie.log.lock().unwrap());
+    assert!(!everything.contains("s3cr3t"), "the credential leaked");
+    assert!(everything.contains("tcpie_rate_limit_dry_run_rejections_total{limit=\"client\"} 2"));
+}

@@ -14,6 +14,7 @@ import threading
 import time
 
 import h11
+import http_sfv
 import httpx
 import pytest
 
@@ -204,3 +205,38 @@ def test_curl_is_refused_before_it_uploads(start_tcpie, tmp_path):
     status, uploaded, took = curl(*args).stdout.split()
     assert (status, uploaded) == ("429", "0")
     assert float(took) < 2.0, took
+
+
+# --- RateLimit fields --------------------------------------------------------------------
+
+
+def sf_list(value: str) -> list:
+    """A structured-field List (RFC 9651), parsed strictly by http-sfv: a malformed
+    field raises."""
+    parsed = http_sfv.List()
+    parsed.parse(value.encode())
+    return [(item.value, dict(item.params)) for item in parsed]
+
+
+def test_ratelimit_fields_parse_as_the_draft_says(start_tcpie):
+    # draft-ietf-httpapi-ratelimit-headers-09: RateLimit-Policy is a List of quota
+    # policies (a String id with q and w), RateLimit a List of the current state (r, t).
+    tcpie = start_tcpie(loopback_env(
+        TCPIE_BURST="0",
+        TCPIE_CLIENT_KEY="peer",
+        TCPIE_CLIENT_RATE_PER_SECOND="0.5",
+        TCPIE_CLIENT_BURST="2",
+        TCPIE_RATE_LIMIT_HEADERS="true",
+    ))
+    with httpx.Client() as client:
+        answers = [client.get(f"http://{tcpie.tcp}/") for _ in range(3)]
+    assert [a.status_code for a in answers] == [200, 200, 429]
+    for answer, remaining in zip(answers, (1, 0, 0)):
+        policy = sf_list(answer.headers["ratelimit-policy"])
+        state = sf_list(answer.headers["ratelimit"])
+        assert policy == [("client", {"q": 2, "w": 4})]
+        assert len(state) == 1 and state[0][0] == "client"
+        assert state[0][1]["r"] == remaining
+        assert 0 < state[0][1]["t"] <= 4
+    assert answers[2].headers["retry-after"] == "2"
+    assert answers[2].text == "rate limited: this client's own limit\n"
