@@ -79,6 +79,13 @@ fn clients(c: &mut Criterion) {
         let id = table.id(&address(i));
         table.take(id, now, || true).unwrap();
     }
+    let mut k = 0u32;
+    c.bench_function("client id: SipHash of an IPv4 address", |b| {
+        b.iter(|| {
+            k = k.wrapping_add(1);
+            black_box(table.id(&Identity::V4(black_box(k).to_be_bytes())))
+        })
+    });
     let mut i = 0u32;
     c.bench_function("client table: admit, 1 thread, 100,000 clients", |b| {
         b.iter(|| {
