@@ -15,11 +15,15 @@ The load is open-loop at a constant rate (examples/paced.rs: each request starts
 is due whatever the server does, and its latency counts from then, so a slow server cannot
 hide behind a slowed generator); a request unanswered after CLIENT_TIMEOUT_MS counts as
 timed out. Every step of every server runs ROUNDS times, servers interleaved within a step;
-figures are medians. Plots go to docs/overload-goodput.png and docs/overload-p99.png.
+figures are medians. Plots go to docs/overload-goodput.png and docs/overload-p99.png
+(only when every server ran: SERVERS="tcpie" runs a subset and leaves them). For TCPie,
+its own histogram of the time to refuse (accept to answer written) is read after each
+run: the client's figure also holds the connection setup and the generator's scheduling.
 """
 
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -67,7 +71,26 @@ def start_tcpie(queue_timeout_ms: int = 0) -> Server:
         "TCPIE_SIMULATED_WORK_MS": str(WORK_MS), "TCPIE_QUEUE_TIMEOUT_MS": str(queue_timeout_ms),
         "TCPIE_MAX_CONNECTIONS": "20000", "TCPIE_READ_TIMEOUT_MS": "10000", "RUST_LOG": "warn",
     }
-    return Server("tcpie", [str(TCPIE)], env, port)
+    server = Server("tcpie", [str(TCPIE)], env, port)
+    server.admin_port = int(env["TCPIE_ADMIN_PORT"])
+    return server
+
+
+def server_side_rejections(admin_port: int) -> dict:
+    """TCPie's own measure of a refusal (tcpie_rejection_duration_seconds: accept to the
+    answer written), from its histogram: the share answered within 1 ms, and the p99 as
+    the upper bound of the bucket that holds it."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5).read().decode()
+    buckets = [(float(le), float(v)) for le, v in
+               re.findall(r'^tcpie_rejection_duration_seconds_bucket\{le="([^"]+)"\} (\S+)$', text, re.M)]
+    total = buckets[-1][1] if buckets else 0.0
+    if not total:
+        return {"server_within_1ms": float("nan"), "server_p99_le_ms": float("nan")}
+    within = next(v for le, v in buckets if le == 0.001)
+    p99 = next(le for le, v in buckets if v >= 0.99 * total)
+    return {"server_within_1ms": within / total, "server_p99_le_ms": p99 * 1000}
 
 
 def start_haproxy() -> Backed:
@@ -103,6 +126,12 @@ SERVERS = {
     "nginx": start_nginx,
     "backend alone": start_backend,
 }
+
+
+# SERVERS="tcpie,haproxy" runs only those (names up to the first space).
+if os.environ.get("SERVERS"):
+    wanted = os.environ["SERVERS"].split(",")
+    SERVERS = {k: v for k, v in SERVERS.items() if k.split(" ")[0] in wanted or k in wanted}
 
 
 def offer(port: int, rate: float) -> dict:
@@ -171,7 +200,10 @@ def main() -> int:
                 server = start()
                 try:
                     time.sleep(0.3)
-                    rows[name].append(offer(server.port, step * CAPACITY))
+                    row = offer(server.port, step * CAPACITY)
+                    if hasattr(server, "admin_port"):
+                        row.update(server_side_rejections(server.admin_port))
+                    rows[name].append(row)
                 finally:
                     server.stop()
         for name in SERVERS:
@@ -185,9 +217,17 @@ def main() -> int:
             print(f"| {name} | {step:g}× | {f['goodput']:.0f} | {f['p50_ms']:.1f} | {f['p99_ms']:.1f} | "
                   f"{f['rejected_share']:.0%} | {f['rejection_p50_ms']:.2f} / {f['rejection_p99_ms']:.2f} | "
                   f"{f['failed_share']:.1%} |")
+    print("\nTCPie's own measure of a refusal (tcpie_rejection_duration_seconds: accept to answer written):\n")
+    print("| server | offered | refusals answered within 1 ms | p99 at most (bucket bound) |")
+    print("|---|---|---|---|")
+    for name, steps in figures.items():
+        for step, f in steps.items():
+            if "server_within_1ms" in f and f["server_within_1ms"] == f["server_within_1ms"]:
+                print(f"| {name} | {step:g}× | {f['server_within_1ms']:.1%} | {f['server_p99_le_ms']:g} ms |")
     (ROOT / "target" / "overload-figures.json").write_text(json.dumps(figures, indent=1))
-    plot(figures)
-    print("\nPlots: docs/overload-goodput.png, docs/overload-p99.png")
+    if not os.environ.get("SERVERS"):
+        plot(figures)
+        print("\nPlots: docs/overload-goodput.png, docs/overload-p99.png")
     return 0
 
 

@@ -4,7 +4,8 @@
 # (bench/overload.py says how). Installs nginx-light and HAProxy from Debian when missing,
 # matplotlib into target/venv-plot, builds the release binaries, runs about 15 minutes,
 # prints the table and writes docs/overload-goodput.png and docs/overload-p99.png.
-# STEPS, STEP_S, ROUNDS, WORKERS, WORK_MS, QUEUE, QUEUE_TIMEOUT_MS tune it.
+# STEPS, STEP_S, ROUNDS, WORKERS, WORK_MS, QUEUE, QUEUE_TIMEOUT_MS tune it; SERVERS="tcpie,nginx"
+# runs a subset (and leaves the plots).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 missing=()

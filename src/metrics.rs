@@ -102,6 +102,9 @@ pub struct Metrics {
     requests: [IntCounter; 10],
     pub request_duration: Histogram,
     pub queue_wait: Histogram,
+    /// Accept (or, on a kept-alive connection, the request's first byte) to the refusal
+    /// written, for requests refused at admission.
+    pub rejection_duration: Histogram,
     pub queue_depth: IntGauge,
     pub queue_capacity: IntGauge,
     pub workers: IntGauge,
@@ -120,6 +123,11 @@ pub struct Metrics {
     /// Clients in debt evicted from a full table (each regains a full bucket).
     pub clients_dropped_evicted: IntCounter,
 }
+
+/// Buckets of the time to refuse, in seconds: a refusal is expected well under 1 ms.
+const REJECTION_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.1, 1.0,
+];
 
 /// Latency buckets in seconds, from half a millisecond to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -222,6 +230,19 @@ impl Metrics {
                 "tcpie_queue_wait_seconds",
                 "Time admitted requests waited in the queue for a worker.",
             )?,
+            rejection_duration: {
+                let h = Histogram::with_opts(
+                    HistogramOpts::new(
+                        "tcpie_rejection_duration_seconds",
+                        "Time from accept (on a kept-alive connection, from the request's \
+                         first byte) to the answer written, for requests refused at admission \
+                         (429, or 503 queue full).",
+                    )
+                    .buckets(REJECTION_BUCKETS.to_vec()),
+                )?;
+                registry.register(Box::new(h.clone()))?;
+                h
+            },
             queue_depth: gauge("tcpie_queue_depth", "Requests waiting for a worker.")?,
             queue_capacity: gauge(
                 "tcpie_queue_capacity",

@@ -93,6 +93,13 @@ async fn a_flooding_client_is_limited_while_another_at_its_rate_is_served() {
             .await,
         limited
     );
+    // Each refusal's time to answer is measured (0 here: the clock is paused).
+    assert_eq!(
+        server
+            .metric("tcpie_rejection_duration_seconds_count")
+            .await,
+        limited
+    );
     assert_eq!(
         server
             .metric("tcpie_requests_total{outcome=\"rate_limited\"}")

@@ -167,10 +167,17 @@ impl Answers {
 /// span): the one place every request ends.
 pub(crate) fn finish(core: &Core, span: &RequestSpan, end: End, started: Instant) {
     let outcome = end.outcome();
-    if outcome == Outcome::Processed {
-        core.metrics
+    match outcome {
+        Outcome::Processed => core
+            .metrics
             .request_duration
-            .observe(started.elapsed().as_secs_f64());
+            .observe(started.elapsed().as_secs_f64()),
+        // What shedding costs a client: the refusal's answer is written by now.
+        Outcome::RateLimited | Outcome::ClientRateLimited | Outcome::QueueFull => core
+            .metrics
+            .rejection_duration
+            .observe(started.elapsed().as_secs_f64()),
+        _ => {}
     }
     core.metrics.record(outcome);
     span.finish(outcome, Some(end.status()));
