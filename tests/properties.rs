@@ -351,3 +351,33 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    /// Any head, any hop count, either header: an identity or a fallback, never a panic;
+    /// and what is found for a hop is found whatever precedes the header lines.
+    #[test]
+    fn forwarded_headers_never_panic(
+        fields in proptest::collection::vec(
+            (prop_oneof![Just("X-Forwarded-For"), Just("Forwarded"), Just("x-forwarded-for"), Just("Other")],
+             proptest::collection::vec(any::<u8>(), 0..64)),
+            0..6,
+        ),
+        hops in 0u32..70,
+    ) {
+        use tcpie::client_key::{forwarded, Forwarded};
+        let mut head = b"GET / HTTP/1.1\r\nHost: t\r\n".to_vec();
+        for (name, value) in &fields {
+            head.extend_from_slice(name.as_bytes());
+            head.extend_from_slice(b": ");
+            head.extend(value.iter().map(|&b| if b == b'\r' || b == b'\n' { b' ' } else { b }));
+            head.extend_from_slice(b"\r\n");
+        }
+        head.extend_from_slice(b"\r\n");
+        for header in [Forwarded::XForwardedFor, Forwarded::Rfc7239] {
+            let found = forwarded(header, hops, &head);
+            let mut padded = b"GET / HTTP/1.1\r\nHost: t\r\nX-Pad: 1\r\n".to_vec();
+            padded.extend_from_slice(&head[b"GET / HTTP/1.1\r\nHost: t\r\n".len()..]);
+            prop_assert_eq!(found, forwarded(header, hops, &padded));
+        }
+    }
+}
