@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use crate::config::Shown;
 use crate::handler::Request;
+use crate::http::is_tchar;
 
 /// How requests are grouped into clients (`TCPIE_CLIENT_KEY`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -84,11 +85,6 @@ impl Shown for ClientKey {
     fn shown(&self) -> String {
         self.to_string()
     }
-}
-
-/// RFC 9110 token characters (a header name).
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// What names one client, ready to hash. Kinds never collide: an address and a header
@@ -180,7 +176,7 @@ pub fn forwarded(header: Forwarded, hops: u32, head: &[u8]) -> Option<Identity<'
         let value = &line[colon + 1..];
         let entries = || {
             Elements { rest: Some(value) }
-                .map(trim)
+                .map(<[u8]>::trim_ascii)
                 .filter(|e| !e.is_empty())
         };
         // Empty list elements are not entries (RFC 9110 §5.6.1).
@@ -227,25 +223,15 @@ impl<'a> Iterator for Elements<'a> {
     }
 }
 
-fn trim(mut s: &[u8]) -> &[u8] {
-    while let [b' ' | b'\t', rest @ ..] = s {
-        s = rest;
-    }
-    while let [rest @ .., b' ' | b'\t'] = s {
-        s = rest;
-    }
-    s
-}
-
 /// The value of the `for` parameter of one `Forwarded` element, unquoted.
 fn rfc7239_for(element: &[u8]) -> Option<&[u8]> {
     element.split(|&b| b == b';').find_map(|pair| {
-        let pair = trim(pair);
+        let pair = pair.trim_ascii();
         let eq = pair.iter().position(|&b| b == b'=')?;
-        if !trim(&pair[..eq]).eq_ignore_ascii_case(b"for") {
+        if !pair[..eq].trim_ascii().eq_ignore_ascii_case(b"for") {
             return None;
         }
-        let value = trim(&pair[eq + 1..]);
+        let value = pair[eq + 1..].trim_ascii();
         Some(
             value
                 .strip_prefix(b"\"")
