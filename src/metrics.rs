@@ -147,13 +147,13 @@ impl Metrics {
             registry.register(Box::new(g.clone()))?;
             Ok(g)
         };
-        let histogram = |name: &str, help: &str| -> prometheus::Result<Histogram> {
-            let h = Histogram::with_opts(
-                HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
-            )?;
-            registry.register(Box::new(h.clone()))?;
-            Ok(h)
-        };
+        let histogram =
+            |name: &str, help: &str, buckets: &[f64]| -> prometheus::Result<Histogram> {
+                let h =
+                    Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))?;
+                registry.register(Box::new(h.clone()))?;
+                Ok(h)
+            };
 
         let requests_vec = IntCounterVec::new(
             Opts::new("tcpie_requests_total", "Requests by how they ended."),
@@ -225,24 +225,20 @@ impl Metrics {
                 "tcpie_request_duration_seconds",
                 "Time from the start of reading the request head to the response written, \
                  for processed requests.",
+                LATENCY_BUCKETS,
             )?,
             queue_wait: histogram(
                 "tcpie_queue_wait_seconds",
                 "Time admitted requests waited in the queue for a worker.",
+                LATENCY_BUCKETS,
             )?,
-            rejection_duration: {
-                let h = Histogram::with_opts(
-                    HistogramOpts::new(
-                        "tcpie_rejection_duration_seconds",
-                        "Time from accept (on a kept-alive connection, from the request's \
-                         first byte) to the answer written, for requests refused at admission \
-                         (429, or 503 queue full).",
-                    )
-                    .buckets(REJECTION_BUCKETS.to_vec()),
-                )?;
-                registry.register(Box::new(h.clone()))?;
-                h
-            },
+            rejection_duration: histogram(
+                "tcpie_rejection_duration_seconds",
+                "Time from accept (on a kept-alive connection, from the request's first \
+                 byte) to the answer written, for requests refused at admission (429, or 503 \
+                 queue full).",
+                REJECTION_BUCKETS,
+            )?,
             queue_depth: gauge("tcpie_queue_depth", "Requests waiting for a worker.")?,
             queue_capacity: gauge(
                 "tcpie_queue_capacity",
@@ -288,16 +284,6 @@ impl Metrics {
             &self.rate_limit_rejections
         };
         counters[limit as usize].inc();
-    }
-
-    /// Rejections by one limit so far (dry run or not).
-    pub fn rate_limit_rejections(&self, limit: Limit, dry_run: bool) -> u64 {
-        let counters = if dry_run {
-            &self.dry_run_rejections
-        } else {
-            &self.rate_limit_rejections
-        };
-        counters[limit as usize].get()
     }
 
     /// The count of one outcome so far.
