@@ -179,6 +179,24 @@ def median(rows: list[dict], key: str) -> float:
     return statistics.median(r[key] for r in rows)
 
 
+def interleaved(servers: list, **wrk_args) -> dict[str, list[dict]]:
+    """Each (name, start) server measured ROUNDS times, the servers interleaved within a
+    round, so that a noisy stretch of the machine falls on all of them."""
+    results: dict[str, list[dict]] = {name: [] for name, _ in servers}
+    for _ in range(ROUNDS):
+        for name, start in servers:
+            server = start()
+            try:
+                results[name].append(measure(server, **wrk_args))
+            finally:
+                server.stop()
+    return results
+
+
+def medians(results: dict[str, list[dict]], keys=("cpu_us_per_req", "rps", "p99_ms")) -> dict:
+    return {n: {k: median(r, k) for k in keys} for n, r in results.items()}
+
+
 def table(title: str, results: dict[str, list[dict]], keys: list[tuple[str, str, str]]) -> str:
     lines = [f"\n### {title}\n", "| server | " + " | ".join(k[1] for k in keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for name, rows in results.items():
@@ -215,16 +233,9 @@ def scenario_a(out: list[str]) -> dict:
     servers = connection_per_request_servers()
     for threads in WRK_THREADS:
         for conns in (64, 256):
-            results: dict[str, list[dict]] = {name: [] for name, _ in servers}
-            for _ in range(ROUNDS):
-                for name, start in servers:
-                    server = start()
-                    try:
-                        results[name].append(measure(server, connections=conns, close=True, threads=threads))
-                    finally:
-                        server.stop()
+            results = interleaved(servers, connections=conns, close=True, threads=threads)
             out.append(table(f"A. Connection per request, {conns} connections, wrk -t{threads} (medians of {ROUNDS} interleaved rounds)", results, COLUMNS))
-            figures[f"t{threads}-{conns}"] = {n: {k: median(r, k) for k in ("cpu_us_per_req", "rps", "p99_ms")} for n, r in results.items()}
+            figures[f"t{threads}-{conns}"] = medians(results)
     return figures
 
 
@@ -309,16 +320,9 @@ def scenario_d(out: list[str]) -> dict:
         servers.insert(1, ("tcpie before (keep-alive)", lambda: start_tcpie(keep, Path(BEFORE))))
     figures = {}
     for threads in WRK_THREADS:
-        results: dict[str, list[dict]] = {name: [] for name, _ in servers}
-        for _ in range(ROUNDS):
-            for name, start in servers:
-                server = start()
-                try:
-                    results[name].append(measure(server, connections=64, close=False, threads=threads))
-                finally:
-                    server.stop()
+        results = interleaved(servers, connections=64, close=False, threads=threads)
         out.append(table(f"D. Keep-alive, 64 connections, wrk -t{threads} (medians of {ROUNDS} interleaved rounds)", results, COLUMNS))
-        figures[f"t{threads}"] = {n: {k: median(r, k) for k in ("rps", "cpu_us_per_req", "p99_ms")} for n, r in results.items()}
+        figures[f"t{threads}"] = medians(results)
     return figures
 
 
@@ -361,14 +365,11 @@ def scenario_s(out: list[str]) -> dict:
 def scenario_tracing(out: list[str]) -> dict:
     # Tracing compiled in but idle (RUST_LOG=off: no subscriber interest at all) against
     # switched on with no exporter endpoint (RUST_LOG=info, the default).
-    results: dict[str, list[dict]] = {"RUST_LOG=off (idle)": [], "RUST_LOG=info (on, no endpoint)": []}
-    for _ in range(ROUNDS):
-        for name, level in (("RUST_LOG=off (idle)", "off"), ("RUST_LOG=info (on, no endpoint)", "info")):
-            server = start_tcpie({"RUST_LOG": level})
-            try:
-                results[name].append(measure(server, connections=64, close=True))
-            finally:
-                server.stop()
+    results = interleaved(
+        [(name, lambda level=level: start_tcpie({"RUST_LOG": level}))
+         for name, level in (("RUST_LOG=off (idle)", "off"), ("RUST_LOG=info (on, no endpoint)", "info"))],
+        connections=64, close=True,
+    )
     out.append(table(f"Logging and tracing on against idle, 64 connections (medians of {ROUNDS} rounds)", results, COLUMNS[:4]))
     idle = median(results["RUST_LOG=off (idle)"], "cpu_us_per_req")
     on = median(results["RUST_LOG=info (on, no endpoint)"], "cpu_us_per_req")
@@ -391,16 +392,9 @@ def scenario_k(out: list[str]) -> dict:
         if BEFORE:
             servers.insert(1, ("tcpie (before)", lambda extra=extra: start_tcpie(dict(extra), Path(BEFORE))))
         for threads in WRK_THREADS:
-            results: dict[str, list[dict]] = {name: [] for name, _ in servers}
-            for _ in range(ROUNDS):
-                for name, start in servers:
-                    server = start()
-                    try:
-                        results[name].append(measure(server, connections=64, close=close, threads=threads))
-                    finally:
-                        server.stop()
+            results = interleaved(servers, connections=64, close=close, threads=threads)
             out.append(table(f"K. Per-client limits, {mode}, 64 connections, wrk -t{threads} (medians of {ROUNDS} interleaved rounds)", results, COLUMNS[:4]))
-            figures[f"{mode}-t{threads}"] = {n: {k: median(r, k) for k in ("cpu_us_per_req", "rps", "p99_ms")} for n, r in results.items()}
+            figures[f"{mode}-t{threads}"] = medians(results)
     return figures
 
 
