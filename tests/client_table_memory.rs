@@ -9,11 +9,11 @@ use tcpie::client_key::Identity;
 use tcpie::clients::ClientTable;
 use tokio::time::Instant;
 
-/// Resident bytes of this process (Linux).
+mod common;
+
+/// Resident bytes of this process.
 fn rss() -> usize {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
-    let pages: usize = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
-    pages * 4096
+    common::rss_of(std::process::id()) as usize
 }
 
 #[test]

@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::process::{log_field, spawn};
-use common::{concurrent, config, metric_value, parse_reply, request, start, start_with, MaxWatch};
+use common::{
+    concurrent, config, metric_value, parse_reply, request, rss_of, start, start_with, MaxWatch,
+};
 use tcpie::{Handler, Request, Response};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -412,17 +414,6 @@ async fn running_out_of_file_descriptors_backs_off_and_recovers() {
         tcpie.wait_exit(Duration::from_secs(10)).await.code(),
         Some(0)
     );
-}
-
-/// Resident memory of a process, bytes (Linux).
-fn rss_of(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    kb * 1024
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -294,3 +294,14 @@ pub async fn request_from(
     stream.write_all(bytes).await?;
     read_reply(&mut stream).await
 }
+
+/// Resident memory of a process, bytes (Linux).
+pub fn rss_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
