@@ -6,7 +6,13 @@
 FROM rust:1.95.0-slim-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir src \
+# The image builds the library and the binary only. Dev-only targets ([[bench]], [[example]],
+# [[test]]) are dropped from the manifest it sees, so their files need not be in the build
+# context and declaring a new one can never break the image (it did: issue 18).
+RUN awk '/^\[\[(bench|example|test)\]\]/ { skip = 1; next } /^\[/ { skip = 0 } !skip' \
+        Cargo.toml > Cargo.image.toml \
+    && mv Cargo.image.toml Cargo.toml \
+    && mkdir src \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \
     && cargo build --release --locked \

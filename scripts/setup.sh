@@ -9,6 +9,7 @@ declare -A provides=(
   [prlimit]=util-linux [kill]=procps [prometheus]=prometheus [promtool]=prometheus
   [yamllint]=yamllint [kubectl]=kubectl [node]=nodejs [npm]=npm [python3]=python3 [curl]=curl
   [amtool]=prometheus-alertmanager [busybox]=busybox-static
+  [dockerd]=docker.io [docker-compose]=docker-compose [debootstrap]=debootstrap [wrk]=wrk
 )
 missing=()
 for cmd in "${!provides[@]}"; do

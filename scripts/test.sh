@@ -5,19 +5,26 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+started=$SECONDS
+tier() { echo "== $* (at $((SECONDS - started)) s)"; }
+
+tier "setup"
 ./scripts/setup.sh
 
-echo "== cargo fmt --check"
+tier "cargo fmt --check"
 cargo fmt --all -- --check
-echo "== cargo clippy"
+tier "cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
-echo "== cargo deny check licenses bans (the advisory database cannot be fetched here)"
+tier "cargo deny check licenses bans (the advisory database cannot be fetched here)"
 cargo deny --log-level error check licenses bans
-echo "== cargo test (unit, integration, deterministic)"
+tier "cargo test (unit, integration, deterministic)"
 cargo test --locked
-echo "== cargo test --test load (load and fault tests, apart and one at a time)"
+tier "cargo test --test load (load and fault tests, apart and one at a time)"
 cargo test --locked --test load -- --ignored --test-threads=1
-echo "== deploy checks, third-party clients, and the fleet simulation"
+tier "deploy checks, third-party clients, and the fleet simulation"
 cargo build --locked
 TCPIE_GRAFANA_SCHEMA="$PWD/target/grafana-schema/dashboard.schema.json" \
   .venv/bin/pytest -q -p no:cacheprovider tests/deploy sim
+tier "container tier: the image and the compose stack, on a Docker engine of its own"
+.venv/bin/pytest -q -p no:cacheprovider tests/containers
+echo "== all tiers passed in $((SECONDS - started)) s"

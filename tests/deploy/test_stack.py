@@ -185,7 +185,7 @@ def test_the_compose_environment_starts_tcpie_and_passes_its_healthcheck(start_t
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert 'CMD ["/usr/local/bin/tcpie", "healthcheck"]' in dockerfile
     # Every port the service publishes is one the binary listens on by default.
-    published = {int(p.split(":")[1]) for p in service["ports"]}
+    published = {int(p.rsplit(":", 1)[1]) for p in service["ports"]}
     assert published == {8080, 9090}
 
 
@@ -210,7 +210,7 @@ def test_the_monitoring_does_not_wait_for_tcpie():
     config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
     targets = config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
     assert targets == ["alertmanager:9093"]
-    assert "9093:9093" in services["alertmanager"]["ports"]
+    assert "127.0.0.1:9093:9093" in services["alertmanager"]["ports"]
     mount = services["alertmanager"]["volumes"][0].split(":")
     assert (ROOT / mount[0]).exists()
     r = run("amtool", "check-config", str(ROOT / mount[0]))
@@ -255,11 +255,14 @@ def test_every_alert_has_a_severity_and_a_runbook():
             assert url.rsplit("#", 1)[1] in anchors, f"no runbook section for {rule['alert']}"
 
 
-def test_compose_ports_do_not_clash():
+def test_compose_ports_do_not_clash_and_stay_on_loopback():
     published = []
     for name, service in compose()["services"].items():
-        published += [p.split(":")[0] for p in service.get("ports", [])]
+        published += [p.rsplit(":", 1)[0] for p in service.get("ports", [])]
     assert len(published) == len(set(published)), published
+    # Nothing of the stack (the admin port, Prometheus, Grafana: no authentication) is
+    # offered to the host's network.
+    assert all(p.startswith("127.0.0.1:") for p in published), published
 
 
 # --- dashboards ------------------------------------------------------------------------

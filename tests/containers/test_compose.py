@@ -1,0 +1,144 @@
+"""The local stack, `docker-compose.yml` unchanged, run by Debian's compose v1.29: TCPie,
+Prometheus and Alertmanager up; Prometheus scrapes TCPie over the compose network, loads
+the project's rules and finds its Alertmanager; the `load` profile makes TCPie shed (200s,
+429s and 503s in the stack's own Prometheus) while the `calm` client is never rate-limited;
+an alert fired by the shipped rules reaches Alertmanager.
+
+Grafana and Jaeger have no package in any registry reachable here, so they are not started
+(`--no-deps` keeps compose from starting Jaeger for TCPie); TCPie's spans, sent to a Jaeger
+that is not there, are dropped and counted, which the stack tolerates by design."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import urllib.parse
+
+import pytest
+import yaml
+
+from conftest import ROOT, http, step, wait_for
+
+PROJECT = "tcpie-citest"
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES = ["tcpie", "prometheus", "alertmanager"]
+PROMETHEUS = "http://127.0.0.1:9090"
+ALERTMANAGER = "http://127.0.0.1:9093"
+
+
+def published_ports() -> list[int]:
+    ports = []
+    for name in SERVICES:
+        for p in COMPOSE["services"][name].get("ports", []):
+            host, port, _ = p.split(":")
+            assert host == "127.0.0.1", f"{name} publishes {p}: only 127.0.0.1 may be used"
+            ports.append(int(port))
+    return ports
+
+
+def api(base: str, path: str, **params) -> dict | list:
+    status, body = http(f"{base}{path}?{urllib.parse.urlencode(params)}")
+    assert status == 200, (path, status, body[:300])
+    answer = json.loads(body)
+    return answer["data"] if isinstance(answer, dict) and "data" in answer else answer
+
+
+def query(expr: str) -> list:
+    return api(PROMETHEUS, "/api/v1/query", query=expr)["result"]
+
+
+@pytest.fixture(scope="module")
+def stack(docker, base_images):
+    for port in published_ports():
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                pytest.fail(f"127.0.0.1:{port} is in use: the stack publishes its ports there")
+    docker.compose(PROJECT, "down", "-v", "--remove-orphans", check=False)
+    with step("compose: build tcpie"):
+        docker.compose(PROJECT, "build", "tcpie", timeout=3600)
+    with step("compose: up tcpie, prometheus, alertmanager"):
+        docker.compose(PROJECT, "up", "-d", "--no-deps", *SERVICES)
+        wait_for("TCPie healthy", lambda: health(docker, "tcpie") == "healthy", timeout=60)
+        wait_for("Prometheus ready", lambda: http(f"{PROMETHEUS}/-/ready", timeout=1)[0] == 200, timeout=60)
+    yield docker
+    with step("compose: down"):
+        logs = docker.compose(PROJECT, "logs", "--no-color", check=False).stdout
+        docker.compose(PROJECT, "--profile", "load", "down", "-v", "--remove-orphans", check=False)
+    (ROOT / "target").mkdir(exist_ok=True)
+    (ROOT / "target" / "compose-citest.log").write_text(logs)
+
+
+def container(docker, service: str) -> str:
+    return docker.compose(PROJECT, "ps", "-q", service).stdout.strip()
+
+
+def health(docker, service: str) -> str:
+    cid = container(docker, service)
+    return docker.inspect(cid)["State"].get("Health", {}).get("Status", "none") if cid else "absent"
+
+
+def test_prometheus_scrapes_tcpie_loads_the_rules_and_finds_alertmanager(stack):
+    def tcpie_up():
+        targets = api(PROMETHEUS, "/api/v1/targets")["activeTargets"]
+        return [t for t in targets if t["labels"]["job"] == "tcpie" and t["health"] == "up"]
+
+    wait_for("Prometheus's target for TCPie up", tcpie_up, timeout=30)
+    loaded = {g["name"]: {r["name"] for r in g["rules"]} for g in api(PROMETHEUS, "/api/v1/rules")["groups"]}
+    for path in ("rules.yml", "alerts.yml"):
+        for group in yaml.safe_load((ROOT / "prometheus" / path).read_text())["groups"]:
+            names = {r.get("alert") or r.get("record") for r in group["rules"]}
+            assert loaded.get(group["name"]) == names, (path, group["name"], loaded)
+    wait_for(
+        "Prometheus's Alertmanager active",
+        lambda: api(PROMETHEUS, "/api/v1/alertmanagers")["activeAlertmanagers"],
+        timeout=30,
+    )
+    assert api(ALERTMANAGER, "/api/v2/status")["cluster"]["status"] in ("ready", "settling")
+
+
+def test_the_load_profile_sheds_while_the_calm_client_is_served(stack):
+    docker = stack
+    with step("compose: load profile"):
+        docker.compose(PROJECT, "--profile", "load", "up", "-d", "--no-deps", "load", "calm")
+        try:
+
+            def shedding():
+                counts = {
+                    r["metric"]["outcome"]: float(r["value"][1])
+                    for r in query('sum by (outcome) (tcpie_requests_total{job="tcpie"})')
+                }
+                refused_429 = counts.get("client_rate_limited", 0) + counts.get("rate_limited", 0)
+                if counts.get("processed", 0) > 0 and refused_429 > 0 and counts.get("queue_full", 0) > 0:
+                    return counts
+                return None
+
+            counts = wait_for("200s, 429s and 503s in the stack's Prometheus", shedding, timeout=90, every=2)
+            # Long enough for the calm client to meet the flood at its worst, a few times.
+            time.sleep(10)
+        finally:
+            calm = docker.compose(PROJECT, "--profile", "load", "logs", "--no-color", "calm").stdout
+            docker.compose(PROJECT, "--profile", "load", "rm", "-s", "-f", "load", "calm")
+    print(f"the stack's Prometheus counted {counts}")
+    statuses = [line.split("HTTP/1.1 ", 1)[1][:3] for line in calm.splitlines() if "HTTP/1.1 " in line]
+    print(f"the calm client's answers: { {s: statuses.count(s) for s in set(statuses)} }")
+    assert len(statuses) >= 10, calm[-2000:]
+    assert "429" not in statuses, calm[-2000:]
+    assert set(statuses) <= {"200", "503"}, statuses
+
+
+def test_an_alert_of_the_shipped_rules_reaches_alertmanager(stack):
+    """TCPieDown (`up == 0` for 1m, as shipped) once TCPie is stopped; it was up before."""
+    docker = stack
+    cid = container(docker, "tcpie")
+    with step("compose: stop tcpie, TCPieDown reaches Alertmanager"):
+        docker.compose(PROJECT, "stop", "tcpie")
+        assert docker.inspect(cid)["State"]["ExitCode"] == 0
+
+        def fired():
+            alerts = api(ALERTMANAGER, "/api/v2/alerts", filter='alertname="TCPieDown"')
+            return [a for a in alerts if a["status"]["state"] == "active"]
+
+        alerts = wait_for("TCPieDown in Alertmanager", fired, timeout=150, every=2)
+    assert alerts[0]["labels"]["severity"] == "critical", alerts
+    assert alerts[0]["labels"]["job"] == "tcpie", alerts
