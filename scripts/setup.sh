@@ -10,6 +10,7 @@ declare -A provides=(
   [yamllint]=yamllint [kubectl]=kubectl [node]=nodejs [npm]=npm [python3]=python3 [curl]=curl
   [amtool]=prometheus-alertmanager [busybox]=busybox-static
   [dockerd]=docker.io [docker-compose]=docker-compose [debootstrap]=debootstrap [wrk]=wrk
+  [slowhttptest]=slowhttptest
 )
 missing=()
 for cmd in "${!provides[@]}"; do

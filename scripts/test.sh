@@ -19,8 +19,8 @@ tier "cargo deny check licenses bans (the advisory database cannot be fetched he
 cargo deny --log-level error check licenses bans
 tier "cargo test (unit, integration, deterministic)"
 cargo test --locked
-tier "cargo test --test load (load and fault tests, apart and one at a time)"
-cargo test --locked --test load -- --ignored --test-threads=1
+tier "cargo test --test load --test attacks (load, fault and attack tests, apart and one at a time)"
+cargo test --locked --test load --test attacks -- --ignored --test-threads=1
 tier "deploy checks, third-party clients, and the fleet simulation"
 cargo build --locked
 TCPIE_GRAFANA_SCHEMA="$PWD/target/grafana-schema/dashboard.schema.json" \

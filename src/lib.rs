@@ -19,6 +19,7 @@ pub mod client_key;
 pub mod clients;
 pub mod config;
 pub mod date;
+pub mod descriptors;
 pub mod handler;
 pub mod healthcheck;
 pub mod http;

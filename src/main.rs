@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tcpie::config::TraceSettings;
 use tcpie::telemetry;
-use tcpie::{bind, run, shutdown, Config, Hello, Listeners};
+use tcpie::{bind, descriptors, run, shutdown, Config, Hello, Listeners};
 
 /// Exit code for a configuration error (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
@@ -81,6 +81,7 @@ async fn serve(config: Config, traces: TraceSettings) -> ExitCode {
         }
     };
     tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %config.summary(), "starting tcpie");
+    let config = share_descriptors(config);
 
     let tcp_addr = SocketAddr::new(config.host, config.port);
     let admin_addr = SocketAddr::new(config.host, config.admin_port);
@@ -124,6 +125,24 @@ async fn serve(config: Config, traces: TraceSettings) -> ExitCode {
     };
     telemetry.shutdown(flush_deadline).await;
     code
+}
+
+/// Raises the open-file limit and holds the TCP port to what it leaves (see
+/// `tcpie::descriptors`), saying so when the configuration does not fit.
+fn share_descriptors(mut config: Config) -> Config {
+    match descriptors::raise() {
+        Ok(files) => {
+            let budget = descriptors::Budget::new(&config, files);
+            if budget.fits() {
+                tracing::info!(raised_from = ?files.raised_from, "{budget}");
+            } else {
+                tracing::warn!(raised_from = ?files.raised_from, "{budget}");
+            }
+            config.max_connections = budget.tcp;
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-file limit"),
+    }
+    config
 }
 
 /// Docker reads 0 as healthy and 1 as unhealthy; every failure here is 1.

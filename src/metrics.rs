@@ -58,6 +58,26 @@ impl Limit {
     }
 }
 
+/// Why the admin port closed a connection before answering it (the `reason` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminShed {
+    /// Its request head was not complete by `TCPIE_ADMIN_READ_TIMEOUT_MS`.
+    ReadTimeout,
+    /// Closed to make room for a newer connection at `TCPIE_ADMIN_MAX_CONNECTIONS`.
+    Evicted,
+}
+
+impl AdminShed {
+    pub const ALL: [AdminShed; 2] = [AdminShed::ReadTimeout, AdminShed::Evicted];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminShed::ReadTimeout => "read_timeout",
+            AdminShed::Evicted => "evicted",
+        }
+    }
+}
+
 impl Outcome {
     pub const ALL: [Outcome; 10] = [
         Outcome::Processed,
@@ -122,6 +142,12 @@ pub struct Metrics {
     pub clients_dropped_refilled: IntCounter,
     /// Clients in debt evicted from a full table (each regains a full bucket).
     pub clients_dropped_evicted: IntCounter,
+    /// The most connections the TCP port holds (`TCPIE_MAX_CONNECTIONS`, or less when the
+    /// open-file limit cannot hold that many).
+    pub connections_max: IntGauge,
+    /// Connections of the admin port open now.
+    pub admin_connections_open: IntGauge,
+    admin_shed: [IntCounter; 2],
 }
 
 /// Buckets of the time to refuse, in seconds: a refusal is expected well under 1 ms.
@@ -186,6 +212,16 @@ impl Metrics {
             &["reason"],
         )?;
         registry.register(Box::new(dropped.clone()))?;
+        let admin_shed = IntCounterVec::new(
+            Opts::new(
+                "tcpie_admin_connections_shed_total",
+                "Admin connections closed before an answer: read_timeout (head not complete \
+                 by TCPIE_ADMIN_READ_TIMEOUT_MS) or evicted (closed for a newer connection at \
+                 TCPIE_ADMIN_MAX_CONNECTIONS).",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(admin_shed.clone()))?;
 
         let rate_limit_tokens = Gauge::new(
             "tcpie_rate_limit_tokens",
@@ -253,7 +289,8 @@ impl Metrics {
             ready: gauge("tcpie_ready", "1 when /readyz answers 200, else 0.")?,
             accept_errors: counter(
                 "tcpie_accept_errors_total",
-                "Errors accepting connections (for example too many open files).",
+                "Errors accepting connections on either port (for example too many open \
+                 files).",
             )?,
             rate_limit_rejections,
             dry_run_rejections,
@@ -268,6 +305,16 @@ impl Metrics {
             )?,
             clients_dropped_refilled: dropped.with_label_values(&["refilled"]),
             clients_dropped_evicted: dropped.with_label_values(&["evicted"]),
+            connections_max: gauge(
+                "tcpie_connections_max",
+                "Most connections the TCP port holds open: TCPIE_MAX_CONNECTIONS, or fewer \
+                 when the open-file limit cannot hold that many.",
+            )?,
+            admin_connections_open: gauge(
+                "tcpie_admin_connections_open",
+                "Connections of the admin port open now.",
+            )?,
+            admin_shed: AdminShed::ALL.map(|r| admin_shed.with_label_values(&[r.as_str()])),
         })
     }
 
@@ -284,6 +331,11 @@ impl Metrics {
             &self.rate_limit_rejections
         };
         counters[limit as usize].inc();
+    }
+
+    /// Counts an admin connection closed before an answer.
+    pub fn admin_shed(&self, reason: AdminShed) {
+        self.admin_shed[reason as usize].inc();
     }
 
     /// The count of one outcome so far.

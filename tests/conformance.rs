@@ -116,6 +116,7 @@ async fn head_answers_have_no_body_whatever_the_status() {
         501,
     )
     .await;
+    get_and_head(&server, b"GET / HTTP/2.0\r\nHost: t\r\n\r\n", 505).await;
 
     // 429: one token, spent.
     let limited = start(tcpie::Config {
@@ -387,6 +388,78 @@ async fn later_http_1_minor_versions_are_answered_as_1_1() {
         .await
         .unwrap();
     assert_eq!(reply.status, 400);
+}
+
+#[tokio::test]
+async fn another_http_major_version_is_505_not_400() {
+    let server = start(tcpie::Config {
+        keep_alive: true,
+        ..config()
+    })
+    .await;
+    for request_bytes in [
+        &b"GET / HTTP/2.0\r\nHost: t\r\n\r\n"[..],
+        b"GET / HTTP/9.9\r\nHost: t\r\n\r\n",
+        // HTTP/2 with prior knowledge starts with this preface.
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    ] {
+        let reply = request(server.addr, request_bytes).await.unwrap();
+        assert_eq!(
+            reply.status,
+            505,
+            "{}",
+            String::from_utf8_lossy(request_bytes)
+        );
+        assert!(reply
+            .head
+            .starts_with("HTTP/1.1 505 HTTP Version Not Supported"));
+        assert_eq!(reply.header("connection").as_deref(), Some("close"));
+    }
+    // RFC 9110 §15.6.6 answers with the versions the server does support.
+    let reply = request(server.addr, b"GET / HTTP/2.0\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(
+        reply.body_text().contains("HTTP/1.1"),
+        "{}",
+        reply.body_text()
+    );
+    assert_eq!(
+        server
+            .metric("tcpie_requests_total{outcome=\"bad_request\"}")
+            .await,
+        4.0
+    );
+}
+
+#[tokio::test]
+async fn refusals_of_the_moment_are_never_cached() {
+    // 429: one token, spent.
+    let limited = start(tcpie::Config {
+        burst: 1,
+        rate_per_second: 0.001,
+        ..config()
+    })
+    .await;
+    let served = request(limited.addr, GET).await.unwrap();
+    assert_eq!(served.status, 200);
+    assert_eq!(served.header("cache-control"), None);
+    let refused = request(limited.addr, GET).await.unwrap();
+    assert_eq!(refused.status, 429);
+    assert_eq!(refused.header("cache-control").as_deref(), Some("no-store"));
+    // 503: one worker busy, no queue.
+    let full = start(tcpie::Config {
+        workers: 1,
+        queue_size: 0,
+        simulated_work_ms: 3000,
+        ..config()
+    })
+    .await;
+    let _busy = concurrent(full.addr, GET, 1);
+    full.wait_admitted(1).await;
+    let refused = request(full.addr, GET).await.unwrap();
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.header("cache-control").as_deref(), Some("no-store"));
 }
 
 #[tokio::test]

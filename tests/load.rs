@@ -1,6 +1,5 @@
 //! Load and fault tests, over real sockets on 127.0.0.1: slowloris, slow readers, the
-//! connection cap, a stop under load, running out of file descriptors, probes under
-//! saturation. Every scenario ends by checking that each accepted connection is
+//! connection cap, a stop under load, a small open-file limit, probes under saturation. Every scenario ends by checking that each accepted connection is
 //! accounted for exactly once.
 //!
 //! They load the machine and bound latencies, so they run apart, one at a time, where a
@@ -368,27 +367,31 @@ fn cpu_ticks(pid: u32) -> u64 {
 
 #[tokio::test]
 #[ignore = "load test: cargo test --test load -- --ignored --test-threads=1"]
-async fn running_out_of_file_descriptors_backs_off_and_recovers() {
+async fn under_a_small_open_file_limit_the_tcp_port_keeps_to_its_share() {
     let mut tcpie = spawn(
         &["prlimit", "--nofile=256:256", "--"],
         &[("TCPIE_BURST", "0"), ("TCPIE_READ_TIMEOUT_MS", "20000")],
     );
-    // Hold more idle connections than the process has descriptors.
+    // Hold more idle connections than the process has descriptors: the TCP port takes
+    // what the budget leaves it (256 - 32 for the admin port - 64 reserved), the rest
+    // wait in the kernel's backlog, and no accept() ever fails.
     let mut held = Vec::new();
     for _ in 0..1000 {
         held.push(TcpStream::connect(tcpie.tcp).await.unwrap());
     }
     sleep(Duration::from_millis(500)).await;
     assert!(tcpie.child.try_wait().unwrap().is_none(), "tcpie died");
-    // No busy loop while the limit is hit: well under a tenth of a core.
+    let (status, text) = tcpie.admin("/metrics").await;
+    assert_eq!(status, 200, "the admin port kept its descriptors");
+    assert_eq!(metric_value(&text, "tcpie_connections_max"), Some(160.0));
+    assert_eq!(metric_value(&text, "tcpie_connections_open"), Some(160.0));
+    assert_eq!(metric_value(&text, "tcpie_accept_errors_total"), Some(0.0));
+    // Nothing spins while the port is full: well under a tenth of a core.
     let pid = tcpie.child.id();
     let before = cpu_ticks(pid);
     sleep(Duration::from_secs(2)).await;
     let ticks = cpu_ticks(pid) - before;
-    assert!(
-        ticks < 20,
-        "{ticks} ticks of CPU in 2 s while out of descriptors"
-    );
+    assert!(ticks < 20, "{ticks} ticks of CPU in 2 s at the cap");
 
     drop(held);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -400,15 +403,8 @@ async fn running_out_of_file_descriptors_backs_off_and_recovers() {
         }
     };
     assert_eq!(reply.status, 200);
-    let (_, text) = tcpie.admin("/metrics").await;
-    assert!(
-        metric_value(&text, "tcpie_accept_errors_total").unwrap() > 0.0,
-        "{text}"
-    );
     let log = tcpie.log.lock().unwrap().clone();
-    assert!(log.contains("accept failed; backing off"), "{log}");
-    // Logged with a throttle, not once per failed accept.
-    assert!(log.matches("accept failed").count() <= 3, "{log}");
+    assert!(!log.contains("accept failed"), "{log}");
     tcpie.signal("TERM");
     assert_eq!(
         tcpie.wait_exit(Duration::from_secs(10)).await.code(),

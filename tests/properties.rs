@@ -19,7 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Statuses TCPie may answer a request with.
-const DEFINED: &[u16] = &[200, 400, 408, 413, 414, 429, 431, 501, 503];
+const DEFINED: &[u16] = &[200, 400, 408, 413, 414, 429, 431, 501, 503, 505];
 
 /// Requests from a valid one with random damage, and plain random bytes.
 fn request_bytes() -> impl Strategy<Value = Vec<u8>> {

@@ -28,7 +28,7 @@ fn assert_at(took: Duration, expected: Duration) {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_silent_client_gets_408_exactly_at_the_read_deadline() {
+async fn a_silent_client_is_closed_without_an_answer_at_the_read_deadline() {
     let server = start(tcpie::Config {
         read_timeout_ms: 3000,
         ..config()
@@ -36,10 +36,46 @@ async fn a_silent_client_gets_408_exactly_at_the_read_deadline() {
     .await;
     let started = Instant::now();
     let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    // A spare connection (Go's client opens them) gets no answer it did not ask for.
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&answer), "");
+    assert_at(started.elapsed(), Duration::from_millis(3000));
+    // Counted as a connection closed before a request, not as a request.
+    assert_eq!(
+        server
+            .metric("tcpie_connections_closed_before_request_total")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        server
+            .metric("tcpie_requests_total{outcome=\"read_timeout\"}")
+            .await,
+        0.0
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_partial_head_gets_408_exactly_at_the_read_deadline() {
+    let server = start(tcpie::Config {
+        read_timeout_ms: 3000,
+        ..config()
+    })
+    .await;
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    stream.write_all(b"GET / HT").await.unwrap();
     let reply = read_reply(&mut stream).await.unwrap();
     assert_eq!(reply.status, 408);
     assert_eq!(reply.body_text(), "request head not received in time\n");
     assert_at(started.elapsed(), Duration::from_millis(3000));
+    assert_eq!(
+        server
+            .metric("tcpie_requests_total{outcome=\"read_timeout\"}")
+            .await,
+        1.0
+    );
 }
 
 #[tokio::test(start_paused = true)]

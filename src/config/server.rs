@@ -172,6 +172,20 @@ variables! {
     TCPIE_MAX_REQUESTS_PER_CONNECTION => max_requests_per_connection: u64 = 1000;
         expect "a whole number from 1 to 1000000";
         valid |c| (1..=1_000_000).contains(&c.max_requests_per_connection);
+    /// Open connections of the admin port, apart from `TCPIE_MAX_CONNECTIONS`; over it, a
+    /// new connection closes the oldest one that is not being answered.
+    TCPIE_ADMIN_MAX_CONNECTIONS => admin_max_connections: usize = 32;
+        expect "a whole number from 1 to 10000";
+        valid |c| (1..=10_000).contains(&c.admin_max_connections);
+    /// Deadline for an admin request's head, from the accept (or, on a kept-alive
+    /// connection, from its first byte).
+    TCPIE_ADMIN_READ_TIMEOUT_MS => admin_read_timeout_ms: u64 = 3000;
+        expect "milliseconds from 1 to 3600000";
+        valid |c| (1..=MAX_MS).contains(&c.admin_read_timeout_ms);
+    /// How long a kept-alive admin connection may wait for its next request.
+    TCPIE_ADMIN_IDLE_TIMEOUT_MS => admin_idle_timeout_ms: u64 = 30_000;
+        expect "milliseconds from 1 to 3600000";
+        valid |c| (1..=MAX_MS).contains(&c.admin_idle_timeout_ms);
 }
 
 impl Config {
@@ -368,7 +382,7 @@ mod tests {
     #[test]
     fn every_variable_is_listed_once() {
         let names: Vec<&str> = variable_names().collect();
-        assert_eq!(names.len(), 28);
+        assert_eq!(names.len(), 31);
         let mut sorted = names.clone();
         sorted.sort();
         sorted.dedup();

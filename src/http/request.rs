@@ -36,6 +36,9 @@ pub enum Reject {
     UnknownCoding,
     /// 501: `CONNECT`; TCPie is not a proxy.
     Connect,
+    /// 505: an HTTP major version other than 1 (`HTTP/2.0`, `HTTP/9.9`, the HTTP/2
+    /// preface), RFC 9110 §15.6.6.
+    VersionNotSupported,
 }
 
 impl Reject {
@@ -47,6 +50,7 @@ impl Reject {
             Reject::UriTooLong => 414,
             Reject::HeaderTooLarge => 431,
             Reject::UnknownCoding | Reject::Connect => 501,
+            Reject::VersionNotSupported => 505,
         }
     }
 }
@@ -97,7 +101,12 @@ pub fn parse_head(buf: &[u8], max_head: usize) -> Result<Parsed, Reject> {
         Err(Version) => {
             // RFC 9110 §6.2: a later minor version is answered as the highest we speak.
             let Some(at) = later_minor_version(buf) else {
-                return Err(Reject::BadRequest);
+                // §15.6.6: another major version is refused as such, not as malformed.
+                return Err(if other_major_version(buf) {
+                    Reject::VersionNotSupported
+                } else {
+                    Reject::BadRequest
+                });
             };
             let mut patched = buf.to_vec();
             patched[at] = b'1';
@@ -123,15 +132,27 @@ enum Stop {
 }
 use Stop::{Refused, Version};
 
-/// The offset of `D` in a request line ending in ` HTTP/1.D` with D from 2 to 9.
-fn later_minor_version(buf: &[u8]) -> Option<usize> {
+/// The ` HTTP/M.N` that ends the request line in `buf`, if the line is complete.
+fn version_of_line(buf: &[u8]) -> Option<(&[u8], usize)> {
     let line_end = buf.iter().position(|b| *b == b'\n')?;
     let line = buf[..line_end]
         .strip_suffix(b"\r")
         .unwrap_or(&buf[..line_end]);
-    let version = line.get(line.len().checked_sub(9)?..)?;
-    (version.starts_with(b" HTTP/1.") && (b'2'..=b'9').contains(&version[8]))
-        .then_some(line.len() - 1)
+    let start = line.len().checked_sub(9)?;
+    let version = &line[start..];
+    (version.starts_with(b" HTTP/") && version[7] == b'.').then_some((version, start))
+}
+
+/// The offset of `D` in a request line ending in ` HTTP/1.D` with D from 2 to 9.
+fn later_minor_version(buf: &[u8]) -> Option<usize> {
+    let (version, start) = version_of_line(buf)?;
+    (version[6] == b'1' && (b'2'..=b'9').contains(&version[8])).then_some(start + 8)
+}
+
+/// Whether the request line ends in ` HTTP/M.N` with a major version M from 2 to 9.
+fn other_major_version(buf: &[u8]) -> bool {
+    version_of_line(buf)
+        .is_some_and(|(v, _)| (b'2'..=b'9').contains(&v[6]) && v[8].is_ascii_digit())
 }
 
 fn parse_as_is(buf: &[u8], max_head: usize) -> Result<Parsed, Stop> {
@@ -387,11 +408,23 @@ mod tests {
         assert_eq!(buf[13], b'2');
         // Without Host it is still an HTTP/1.1 request missing its Host.
         assert_eq!(refused(b"GET / HTTP/1.9\r\n\r\n"), Reject::BadRequest);
-        // Another major version is not ours.
-        assert_eq!(
-            refused(b"GET / HTTP/2.0\r\nHost: x\r\n\r\n"),
-            Reject::BadRequest
-        );
+        // Another major version is not ours: 505, not 400 (RFC 9110 §15.6.6).
+        for line in [
+            &b"GET / HTTP/2.0\r\nHost: x\r\n\r\n"[..],
+            b"GET / HTTP/9.9\r\nHost: x\r\n\r\n",
+            b"GET / HTTP/3.0\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        ] {
+            assert_eq!(refused(line), Reject::VersionNotSupported, "{line:?}");
+        }
+        // Not a version at all stays malformed.
+        for line in [
+            &b"GET / HTTP/2.x\r\n\r\n"[..],
+            b"GET / HTTP/0.9\r\n\r\n",
+            b"GET / HTTPS/2.0\r\n\r\n",
+        ] {
+            assert_eq!(refused(line), Reject::BadRequest, "{line:?}");
+        }
         assert_eq!(
             refused(b"GET / HTTP/1.x\r\nHost: x\r\n\r\n"),
             Reject::BadRequest

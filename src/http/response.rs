@@ -24,6 +24,7 @@ pub fn reason(status: u16) -> &'static str {
         500 => "Internal Server Error",
         501 => "Not Implemented",
         503 => "Service Unavailable",
+        505 => "HTTP Version Not Supported",
         _ => "",
     }
 }
@@ -72,6 +73,11 @@ fn write_head(
     );
     if let Some(secs) = retry_after {
         let _ = write!(out, "Retry-After: {secs}\r\n");
+    }
+    // A 429 or a 503 describes this moment: a cache that kept one would refuse requests
+    // the server would now take.
+    if matches!(status, 429 | 503) {
+        out.extend_from_slice(b"Cache-Control: no-store\r\n");
     }
     out.extend_from_slice(if keep_alive {
         b"Connection: keep-alive\r\n\r\n"
@@ -233,8 +239,22 @@ mod tests {
         assert_eq!(
             after,
             b"Content-Type: text/plain\r\nContent-Length: 13\r\n\
-              Retry-After: 3\r\nConnection: close\r\n\r\nrate limited\n"
+              Retry-After: 3\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n\
+              rate limited\n"
         );
+        // Refusals of the moment are never cached; others carry no such field.
+        let full = Answer::prebuilt(503, Some(1), "queue full\n");
+        assert!(full
+            .parts(false)
+            .1
+            .windows(25)
+            .any(|w| w == b"Cache-Control: no-store\r\n"));
+        let bad = Answer::prebuilt(400, None, "malformed request\n");
+        assert!(!bad
+            .parts(false)
+            .1
+            .windows(13)
+            .any(|w| w == b"Cache-Control"));
         let (_, after) = r.parts(true);
         assert!(after.ends_with(b"Connection: close\r\n\r\n"));
         let head = answer_head(200, "text/plain", 14, true);

@@ -6,8 +6,9 @@
 //! arrive. Until then it waits in the loop's idle set: its socket's readiness is watched
 //! with a waker that names it, and its read deadline sits in one FIFO (deadlines come in
 //! accept order) behind a single timer. A silent connection costs its socket, a slot and
-//! a waker, not a task: a few hundred bytes. One whose deadline passes gets its task
-//! then, and is answered 408; at the end of the loop, every idle one gets its task.
+//! a waker, not a task: a few hundred bytes. One whose deadline passes without a byte is
+//! closed without an answer (a connection closed before a request); at the end of the
+//! loop, every idle one gets its task.
 
 use std::collections::VecDeque;
 use std::pin::pin;
@@ -54,9 +55,7 @@ pub(crate) async fn accept_loop<H: Handler>(
     let limit = core.connection_cap.clone();
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
     let mut idle = Idle::new(ready_tx);
-    let mut backoff = Duration::ZERO;
-    let mut last_log: Option<Instant> = None;
-    let mut unlogged: u64 = 0;
+    let mut errors = AcceptErrors::new("tcp");
     // One wait for the end, registered once for the life of the loop.
     let mut stop = pin!(core.lifecycle.until(Phase::Draining));
     let mut expiry = pin!(sleep_until(Instant::now()));
@@ -77,8 +76,17 @@ pub(crate) async fn accept_loop<H: Handler>(
                 }
             }
             _ = &mut expiry, if next_deadline.is_some() => {
-                for (conn, accepted) in idle.expired(Instant::now()) {
-                    spawn(conn, accepted);
+                for (mut conn, accepted) in idle.expired(Instant::now()) {
+                    // A connection that never sent a byte is closed without an answer, as
+                    // nginx and HAProxy (`http-ignore-probes`) do: clients open spare
+                    // connections they may never use, and an unasked-for 408 on one would be
+                    // read as the answer to their next request. Bytes that came just now
+                    // are a request, late: it gets its task, and its 408.
+                    if conn.try_first_bytes(core.config.max_header_bytes) {
+                        spawn(conn, accepted);
+                    } else {
+                        core.metrics.connections_closed_before_request.inc();
+                    }
                 }
             }
             // The permit comes before accept(): at the cap, new connections wait in the
@@ -89,7 +97,7 @@ pub(crate) async fn accept_loop<H: Handler>(
             },
             accepted = listener.accept(), if permit.is_some() => match accepted {
                 Ok((stream, peer)) => {
-                    backoff = Duration::ZERO;
+                    errors.accepted();
                     let Some(permit) = permit.take() else { continue };
                     let accepted = Instant::now();
                     core.metrics.connections_accepted.inc();
@@ -108,23 +116,11 @@ pub(crate) async fn accept_loop<H: Handler>(
                 }
                 Err(error) => {
                     core.metrics.accept_errors.inc();
-                    let now = Instant::now();
-                    if last_log.is_none_or(|t| now.duration_since(t) >= ACCEPT_LOG_EVERY) {
-                        tracing::error!(%error, suppressed = unlogged, "accept failed; backing off");
-                        last_log = Some(now);
-                        unlogged = 0;
-                    } else {
-                        unlogged += 1;
-                    }
-                    // A connection reset before we took it is the client's problem, not
-                    // ours; anything else (out of file descriptors, of memory) would fail
-                    // again at once, so wait before retrying rather than spin.
-                    if !is_connection_error(&error) {
-                        backoff = (backoff * 2).clamp(ACCEPT_BACKOFF_MIN, ACCEPT_BACKOFF_MAX);
+                    if let Some(wait) = errors.failed(&error, Instant::now()).wait {
                         tokio::select! {
                             biased;
                             _ = &mut stop => break,
-                            _ = sleep(backoff) => {}
+                            _ = sleep(wait) => {}
                         }
                     }
                 }
@@ -145,6 +141,62 @@ fn is_connection_error(e: &std::io::Error) -> bool {
         e.kind(),
         ConnectionRefused | ConnectionAborted | ConnectionReset
     )
+}
+
+/// What a failed `accept()` calls for.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Failure {
+    /// How long to wait before accepting again, if at all.
+    pub wait: Option<Duration>,
+    /// Whether this one was logged (at most one every few seconds).
+    pub logged: bool,
+}
+
+/// Accept errors of one port: logged at most every 5 s (with the count left unlogged), and
+/// retried after a backoff from 5 ms to 1 s that doubles while they continue.
+#[derive(Debug)]
+pub(crate) struct AcceptErrors {
+    port: &'static str,
+    backoff: Duration,
+    last_log: Option<Instant>,
+    unlogged: u64,
+}
+
+impl AcceptErrors {
+    pub fn new(port: &'static str) -> AcceptErrors {
+        AcceptErrors {
+            port,
+            backoff: Duration::ZERO,
+            last_log: None,
+            unlogged: 0,
+        }
+    }
+
+    /// A connection was accepted: the next error starts from the shortest backoff.
+    pub fn accepted(&mut self) {
+        self.backoff = Duration::ZERO;
+    }
+
+    pub fn failed(&mut self, error: &std::io::Error, now: Instant) -> Failure {
+        let logged = self
+            .last_log
+            .is_none_or(|t| now.duration_since(t) >= ACCEPT_LOG_EVERY);
+        if logged {
+            tracing::error!(port = self.port, %error, suppressed = self.unlogged, "accept failed; backing off");
+            self.last_log = Some(now);
+            self.unlogged = 0;
+        } else {
+            self.unlogged += 1;
+        }
+        // A connection reset before we took it is the client's problem, not ours; anything
+        // else (out of file descriptors, of memory) would fail again at once, so wait
+        // before retrying rather than spin.
+        let wait = (!is_connection_error(error)).then(|| {
+            self.backoff = (self.backoff * 2).clamp(ACCEPT_BACKOFF_MIN, ACCEPT_BACKOFF_MAX);
+            self.backoff
+        });
+        Failure { wait, logged }
+    }
 }
 
 /// Connections accepted but silent so far.
@@ -257,5 +309,38 @@ impl Idle {
     fn drain(&mut self) -> impl Iterator<Item = (Conn, Instant)> + '_ {
         self.deadlines.clear();
         self.conns.drain()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Error, ErrorKind};
+
+    #[tokio::test(start_paused = true)]
+    async fn accept_errors_back_off_and_are_logged_at_most_every_five_seconds() {
+        let mut errors = AcceptErrors::new("tcp");
+        let emfile = Error::from_raw_os_error(24);
+        let mut now = Instant::now();
+        let mut waits = Vec::new();
+        let mut logged = 0;
+        for _ in 0..13 {
+            let f = errors.failed(&emfile, now);
+            logged += usize::from(f.logged);
+            let wait = f.wait.expect("out of descriptors waits");
+            waits.push(wait.as_millis());
+            now += wait;
+        }
+        assert_eq!(
+            waits,
+            [5, 10, 20, 40, 80, 160, 320, 640, 1000, 1000, 1000, 1000, 1000]
+        );
+        // 6.3 s of errors: logged at the first, and once 5 s had passed.
+        assert_eq!(logged, 2);
+        // A reset by the client costs no wait; an accepted connection resets the backoff.
+        let reset = errors.failed(&Error::from(ErrorKind::ConnectionReset), now);
+        assert_eq!(reset.wait, None);
+        errors.accepted();
+        assert_eq!(errors.failed(&emfile, now).wait, Some(ACCEPT_BACKOFF_MIN));
     }
 }

@@ -95,6 +95,7 @@ impl End {
             End::Refused(Reject::HeaderTooLarge) => &a.header_too_large,
             End::Refused(Reject::UnknownCoding) => &a.unknown_coding,
             End::Refused(Reject::Connect) => &a.connect,
+            End::Refused(Reject::VersionNotSupported) => &a.version_not_supported,
         };
         Some(Cow::Borrowed(answer))
     }
@@ -126,6 +127,7 @@ pub(crate) struct Answers {
     header_too_large: Answer,
     unknown_coding: Answer,
     connect: Answer,
+    version_not_supported: Answer,
     /// The answer to a request whose handler panicked.
     pub internal_error: Answer,
 }
@@ -157,6 +159,11 @@ impl Answers {
                 501,
                 None,
                 "CONNECT is not implemented: TCPie is not a proxy\n",
+            ),
+            version_not_supported: Answer::prebuilt(
+                505,
+                None,
+                "HTTP version not supported: TCPie speaks HTTP/1.1\n",
             ),
             internal_error: Answer::prebuilt(500, None, "internal error\n"),
         }
@@ -212,6 +219,11 @@ mod tests {
             (End::Refused(Reject::PayloadTooLarge), 413, "bad_request"),
             (End::Refused(Reject::UnknownCoding), 501, "bad_request"),
             (End::Refused(Reject::Connect), 501, "bad_request"),
+            (
+                End::Refused(Reject::VersionNotSupported),
+                505,
+                "bad_request",
+            ),
             (End::Refused(Reject::UriTooLong), 414, "header_too_large"),
             (
                 End::Refused(Reject::HeaderTooLarge),

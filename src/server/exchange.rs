@@ -55,24 +55,22 @@ pub(crate) async fn serve<H: Handler>(
         // deadline from the accept; a kept-alive connection may idle up to its idle time
         // (and closes quietly then, or when the listener closes), then its head gets the
         // read deadline.
-        let (started, deadline, early) = if first {
-            let deadline = accepted + read_timeout;
-            let mut early = None;
+        let (started, deadline) = if first {
             if !conn.has_buffered() {
                 // Boxed, like every wait below: the task holds only a pointer to it.
-                let wait = timeout_at(deadline, conn.first_bytes(max_head));
+                let wait = timeout_at(accepted + read_timeout, conn.first_bytes(max_head));
                 match Box::pin(lifecycle.unless(Phase::HardStop, id, wait)).await {
                     Some(Ok(Ok(()))) => {}
-                    // Closed without a byte (a port scan, a TCP probe): no request.
-                    Some(Ok(Err(_))) => {
+                    // Closed without a byte (a port scan, a TCP probe), or never a byte by
+                    // the deadline or the hard stop (a client's spare connection): no
+                    // request, and no answer nobody asked for.
+                    Some(Ok(Err(_))) | Some(Err(_)) | None => {
                         core.metrics.connections_closed_before_request.inc();
                         break true;
                     }
-                    Some(Err(_)) => early = Some(End::HeadTimeout),
-                    None => early = Some(End::ShuttingDown),
                 }
             }
-            (accepted, deadline, early)
+            (accepted, accepted + read_timeout)
         } else {
             if !conn.has_buffered() {
                 let idle_until = Instant::now() + core.config.keep_alive_idle();
@@ -85,7 +83,7 @@ pub(crate) async fn serve<H: Handler>(
                 }
             }
             let now = Instant::now();
-            (now, now + read_timeout, None)
+            (now, now + read_timeout)
         };
 
         let span = RequestSpan::new(conn.peer, core.server_port, conn.id);
@@ -96,20 +94,11 @@ pub(crate) async fn serve<H: Handler>(
             // known from the first bytes, even when the rest of the head is refused.
             head_only: conn.is_head(),
         };
-        let ended = match early {
-            Some(end) => Some(Ended {
-                end: Box::pin(exchange.refuse(&mut conn, end)).await,
-                complete: false,
-                keep_alive: false,
-            }),
-            None => {
-                let may_keep =
-                    core.config.keep_alive && served + 1 < core.config.max_requests_per_connection;
-                // Boxed: only a request in progress needs this state, so the connection's
-                // task stays small (it is copied when spawned, and kept while idle).
-                Box::pin(exchange.run(&mut conn, &*handler, deadline, may_keep)).await
-            }
-        };
+        let may_keep =
+            core.config.keep_alive && served + 1 < core.config.max_requests_per_connection;
+        // Boxed: only a request in progress needs this state, so the connection's task
+        // stays small (it is copied when spawned, and kept while idle).
+        let ended = Box::pin(exchange.run(&mut conn, &*handler, deadline, may_keep)).await;
         served += 1;
         let Some(ended) = ended else {
             if first {

@@ -31,7 +31,7 @@ use crate::lifecycle::{Lifecycle, Phase};
 use crate::metrics::Metrics;
 use crate::pool::Pool;
 
-pub(crate) use accept::accept_loop;
+pub(crate) use accept::{accept_loop, AcceptErrors};
 pub(crate) use admission::Admission;
 pub(crate) use ending::Answers;
 
@@ -53,6 +53,7 @@ impl Core {
     pub fn new(config: Config, metrics: Metrics, server_port: u16) -> Core {
         metrics.workers.set(config.workers as i64);
         metrics.queue_capacity.set(config.queue_size as i64);
+        metrics.connections_max.set(config.max_connections as i64);
         Core {
             connection_cap: Arc::new(Semaphore::new(config.max_connections)),
             admission: Admission::new(&config, &metrics, Instant::now()),

@@ -32,6 +32,7 @@ PROVOKE = {
     414: b"GET /" + b"a" * 4000 + b" HTTP/1.1\r\nHost: t\r\n\r\n",
     431: b"GET / HTTP/1.1\r\nHost: t\r\nX-Fill: " + b"a" * 4000 + b"\r\n\r\n",
     501: b"GET / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+    505: b"GET / HTTP/2.0\r\nHost: t\r\n\r\n",
     429: GET,
     503: GET,
 }
@@ -138,6 +139,9 @@ def test_h11_parses_every_answer(servers, method, status):
     server = by_role["limited" if status == 429 else "full" if status == 503 else "plain"]
     response, _ = h11_exchange(server.tcp, method, PROVOKE[status], keep_alive)
     assert response.status_code == status
+    # A refusal of the moment must not be kept by a cache (RFC 9111 §5.2.2.5).
+    cache_control = dict(response.headers).get(b"cache-control")
+    assert cache_control == (b"no-store" if status in (429, 503) else None), response.headers
 
 
 def test_httpx_head_then_get_on_one_connection(start_tcpie):

@@ -1,7 +1,9 @@
 //! The admin server (axum): `/metrics`, `/livez` and `/readyz` on `TCPIE_ADMIN_PORT`.
 //!
 //! It runs on its own listener, never behind the admission path, so probes and scrapes
-//! answer promptly while the TCP port sheds load. Readiness follows queue saturation and
+//! answer promptly while the TCP port sheds load; its connections are bounded and timed
+//! apart from the TCP port's ([`server`]). Every answer says `Cache-Control: no-store`: a
+//! cached probe or scrape would report a state that has passed. Readiness follows queue saturation and
 //! shutdown; liveness fails only for a wedged worker pool, never for saturation alone
 //! (restarting a saturated pod would make an overload worse). Readiness has no hysteresis:
 //! each probe reads the queue as it is, and the kubelet's `failureThreshold` and
@@ -9,8 +11,12 @@
 
 use std::sync::Arc;
 
+mod server;
+
+pub(crate) use server::Limits;
+
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -60,7 +66,24 @@ fn router(core: Arc<Core>, registry: Registry) -> Router {
         .route("/metrics", get(metrics))
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .layer(axum::middleware::map_response(no_store))
         .with_state(AdminState { core, registry })
+}
+
+async fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        "not found: the admin port serves /metrics, /livez and /readyz\n",
+    )
+        .into_response()
+}
+
+async fn no_store(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 /// Serves until `stop` fires.
@@ -70,9 +93,9 @@ pub(crate) async fn serve(
     registry: Registry,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(core, registry))
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await
+    let limits = Limits::new(&core.config);
+    let metrics = core.metrics.clone();
+    server::serve(listener, router(core, registry), limits, metrics, stop).await
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {
