@@ -7,11 +7,11 @@ binaries); loopback only, every run bounded.
 The capacity is the same for everyone: WORKERS workers, each request taking WORK_MS.
 - tcpie: TCPIE_WORKERS=WORKERS, TCPIE_SIMULATED_WORK_MS=WORK_MS, queue QUEUE;
 - tcpie + queue timeout: the same with TCPIE_QUEUE_TIMEOUT_MS=QUEUE_TIMEOUT_MS;
-- haproxy: maxconn WORKERS to examples/slow_backend.rs, queue, `timeout queue`;
+- haproxy: maxconn WORKERS to bench/tools/slow_backend.rs, queue, `timeout queue`;
 - nginx: limit_conn (WORKERS + QUEUE) and limit_req (the capacity) proxying to it;
-- backend alone: examples/slow_backend.rs with nothing in front.
+- backend alone: bench/tools/slow_backend.rs with nothing in front.
 
-The load is open-loop at a constant rate (examples/paced.rs: each request starts when it
+The load is open-loop at a constant rate (bench/tools/paced.rs: each request starts when it
 is due whatever the server does, and its latency counts from then, so a slow server cannot
 hide behind a slowed generator); a request unanswered after CLIENT_TIMEOUT_MS counts as
 timed out. Every step of every server runs ROUNDS times, servers interleaved within a step;
@@ -25,7 +25,6 @@ import json
 import os
 import re
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+import harness  # noqa: E402
 from run import ROOT, TCPIE, Server, free_port  # noqa: E402
 
 EXAMPLES = ROOT / "target" / "release" / "examples"
@@ -63,17 +64,13 @@ def start_backend() -> Server:
     return Server("backend", [str(EXAMPLES / "slow_backend"), str(port), str(WORKERS), str(WORK_MS)], None, port)
 
 
-def start_tcpie(queue_timeout_ms: int = 0) -> Server:
-    port = free_port()
-    env = {
-        "TCPIE_HOST": "127.0.0.1", "TCPIE_PORT": str(port), "TCPIE_ADMIN_PORT": str(free_port()),
-        "TCPIE_BURST": "0", "TCPIE_WORKERS": str(WORKERS), "TCPIE_QUEUE_SIZE": str(QUEUE),
-        "TCPIE_SIMULATED_WORK_MS": str(WORK_MS), "TCPIE_QUEUE_TIMEOUT_MS": str(queue_timeout_ms),
-        "TCPIE_MAX_CONNECTIONS": "20000", "TCPIE_READ_TIMEOUT_MS": "10000", "RUST_LOG": "warn",
-    }
-    server = Server("tcpie", [str(TCPIE)], env, port)
-    server.admin_port = int(env["TCPIE_ADMIN_PORT"])
-    return server
+def start_tcpie(queue_timeout_ms: int = 0) -> harness.Tcpie:
+    env = harness.loopback_env(
+        TCPIE_BURST="0", TCPIE_WORKERS=str(WORKERS), TCPIE_QUEUE_SIZE=str(QUEUE),
+        TCPIE_SIMULATED_WORK_MS=str(WORK_MS), TCPIE_QUEUE_TIMEOUT_MS=str(queue_timeout_ms),
+        TCPIE_MAX_CONNECTIONS="20000", TCPIE_READ_TIMEOUT_MS="10000",
+    )
+    return harness.Tcpie(env, TCPIE)
 
 
 def server_side_rejections(admin_port: int) -> dict:
@@ -155,8 +152,7 @@ def offer(port: int, rate: float) -> dict:
 
 
 def median(rows: list[dict], key: str) -> float:
-    values = [r[key] for r in rows if r[key] == r[key]]  # NaN-free
-    return statistics.median(values) if values else float("nan")
+    return harness.median(r[key] for r in rows)
 
 
 def plot(figures: dict) -> None:

@@ -21,10 +21,12 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-TCPIE = ROOT / "target" / "release" / "tcpie"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+import harness  # noqa: E402
+from harness import ROOT, free_port  # noqa: E402
+
+TCPIE = harness.binary("release")
 BARE = ROOT / "target" / "release" / "examples" / "bare"
-TICK = os.sysconf("SC_CLK_TCK")
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
 DURATION = int(os.environ.get("DURATION", "8"))
 # wrk's threads: 2 shares both cores with the server; 1 leaves the server a core of its
@@ -34,81 +36,20 @@ WRK_THREADS = [int(t) for t in os.environ.get("WRK_THREADS", "1 2").split()]
 BEFORE = os.environ.get("BEFORE")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class Server(harness.Process):
+    """A server under test, on `port`; nginx stops gracefully on SIGQUIT."""
 
-
-def wait_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
-
-
-def children(pid: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
-
-
-class Server:
     def __init__(self, name: str, argv: list[str], env: dict | None, port: int, workers_of_master=False):
-        self.name, self.port = name, port
-        self.proc = subprocess.Popen(
-            argv, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        self.workers_of_master = workers_of_master
-        wait_port(port)
-        time.sleep(0.2)
-
-    def pids(self) -> list[int]:
-        return children(self.proc.pid) if self.workers_of_master else [self.proc.pid]
-
-    def cpu_seconds(self) -> float:
-        total = 0
-        for pid in self.pids():
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-        return total / TICK
-
-    def rss_kib(self, field: str = "VmRSS") -> int:
-        total = 0
-        for pid in self.pids():
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith(field + ":"):
-                    total += int(line.split()[1])
-        return total
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM if self.name != "nginx" else signal.SIGQUIT)
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        super().__init__(name, argv, {**os.environ, **(env or {})}, port, workers_of_master)
+        if name == "nginx":
+            self.stop_signal = signal.SIGQUIT
 
 
-def start_tcpie(extra: dict, binary: Path = TCPIE) -> Server:
-    port = free_port()
-    env = {
-        "TCPIE_HOST": "127.0.0.1",
-        "TCPIE_PORT": str(port),
-        "TCPIE_ADMIN_PORT": str(free_port()),
-        "TCPIE_BURST": "0",
-        "TCPIE_WORKERS": "4",
-        "TCPIE_QUEUE_SIZE": "4096",
-        "TCPIE_MAX_CONNECTIONS": "20000",
-        "RUST_LOG": "info",
-        **extra,
-    }
-    server = Server("tcpie", [str(binary)], env, port)
-    server.admin_port = int(env["TCPIE_ADMIN_PORT"])
-    return server
+def start_tcpie(extra: dict, binary: Path = TCPIE) -> harness.Tcpie:
+    env = harness.loopback_env(
+        TCPIE_BURST="0", TCPIE_WORKERS="4", TCPIE_QUEUE_SIZE="4096", TCPIE_MAX_CONNECTIONS="20000", **extra
+    )
+    return harness.Tcpie(env, binary)
 
 
 def start_bare(keepalive: bool = False) -> Server:
@@ -137,32 +78,9 @@ def start_nginx(keepalive: bool) -> Server:
 
 
 def wrk(port: int, connections: int, close: bool, duration: int = DURATION, pace_ms: int | None = None, threads: int = 2) -> dict:
-    argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", "--timeout", "5s"]
-    if close:
-        argv += ["-H", "Connection: close"]
-    env = dict(os.environ)
-    if pace_ms is not None:
-        argv += ["-s", str(ROOT / "bench" / "pace.lua")]
-        env["PACE_MS"] = str(pace_ms)
-    argv.append(f"http://127.0.0.1:{port}/")
-    out = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=duration + 30).stdout
-
-    def unit(value: str, u: str) -> float:
-        v = float(value)
-        return v * {"us": 1e-3, "ms": 1.0, "s": 1e3}[u]
-
-    requests = int(re.search(r"(\d+) requests in", out).group(1))
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    pct = {int(p): unit(v, u) for p, v, u in re.findall(r"^\s+(\d+)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)}
-    return {
-        "requests": requests,
-        "non2xx": int(non2xx.group(1)) if non2xx else 0,
-        "errors": sum(map(int, errors.groups())) if errors else 0,
-        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-        "p50_ms": pct.get(50, float("nan")),
-        "p99_ms": pct.get(99, float("nan")),
-    }
+    script = ROOT / "bench" / "pace.lua" if pace_ms is not None else None
+    env = {"PACE_MS": str(pace_ms)} if pace_ms is not None else None
+    return harness.wrk(f"http://127.0.0.1:{port}/", connections, duration, threads, close, script, env)
 
 
 def measure(server: Server, **wrk_args) -> dict:
@@ -176,7 +94,7 @@ def measure(server: Server, **wrk_args) -> dict:
 
 
 def median(rows: list[dict], key: str) -> float:
-    return statistics.median(r[key] for r in rows)
+    return harness.median(r[key] for r in rows)
 
 
 def interleaved(servers: list, **wrk_args) -> dict[str, list[dict]]:
@@ -414,7 +332,7 @@ def main() -> int:
     only = set(sys.argv[1:]) or {"A", "B", "C", "D", "S", "T", "K", "E"}
     out = [f"## Run of {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"]
     out.append(f"\nMachine: {os.cpu_count()} cores, {open('/proc/meminfo').readline().split()[1]} kB memory; "
-               f"{subprocess.run(['wrk', '--version'], capture_output=True, text=True).stdout.splitlines()[0] if False else 'wrk 4.1.0'}; "
+               f"{harness.wrk_version()}; "
                f"{subprocess.run(['nginx', '-v'], capture_output=True, text=True).stderr.strip()}; "
                f"{subprocess.run(['rustc', '--version'], capture_output=True, text=True).stdout.strip()}. "
                f"Each load run: {DURATION} s; wrk -t2 unless a table says -t1.")

@@ -17,7 +17,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from run import ROOT, free_port, start_tcpie  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+import harness  # noqa: E402
+from run import ROOT, start_tcpie  # noqa: E402
 
 MINUTES = float(os.environ.get("SOAK_MINUTES", "20"))
 SAMPLE_S = 10
@@ -29,24 +31,16 @@ def rss_and_fds(pid: int) -> tuple[int, int]:
 
 
 def wrk(port: int, conns: int, seconds: int, pace_ms: int) -> subprocess.Popen:
-    env = {**os.environ, "PACE_MS": str(pace_ms)}
-    return subprocess.Popen(
-        ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "--timeout", "5s",
-         "-H", "Connection: close", "-s", str(ROOT / "bench" / "pace.lua"), f"http://127.0.0.1:{port}/"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-    )
+    """wrk in the background (its summary is read with harness.parse_wrk once it ends)."""
+    argv = harness.wrk_argv(f"http://127.0.0.1:{port}/", conns, seconds, threads=1, close=True,
+                            script=ROOT / "bench" / "pace.lua")
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PACE_MS": str(pace_ms)})
 
 
 def parse(out: str) -> dict:
-    def ms(v, u):
-        return float(v) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[u]
-    pct = {int(p): ms(v, u) for p, v, u in re.findall(r"^\s+(\d+)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)}
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {
-        "requests": int(re.search(r"(\d+) requests in", out).group(1)),
-        "non2xx": int(non2xx.group(1)) if non2xx else 0,
-        "p50": pct.get(50), "p99": pct.get(99),
-    }
+    w = harness.parse_wrk(out)
+    return {"requests": w["requests"], "non2xx": w["non2xx"], "p50": w["p50_ms"], "p99": w["p99_ms"]}
 
 
 def main() -> int:

@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use tcpie::http::parse_head;
-use tcpie::pool::Pool;
-use tcpie::ratelimit::TokenBucket;
-use tcpie::{Metrics, Outcome};
+use tcpie::internal::parse_head;
+use tcpie::internal::Pool;
+use tcpie::internal::TokenBucket;
+use tcpie::internal::{Metrics, Outcome};
 use tokio::time::Instant;
 
 fn bucket(c: &mut Criterion) {
@@ -58,8 +58,8 @@ fn bucket(c: &mut Criterion) {
 /// then its bucket in its shard. Clients are visited in a pseudo-random order, so most
 /// lookups miss the cache as they would in a big fleet of clients.
 fn clients(c: &mut Criterion) {
-    use tcpie::client_key::Identity;
-    use tcpie::clients::ClientTable;
+    use tcpie::internal::ClientTable;
+    use tcpie::internal::Identity;
     const CLIENTS: u32 = 100_000;
     let now = Instant::now();
     let counter = |n| prometheus::IntCounter::new(n, "bench").unwrap();

@@ -15,6 +15,8 @@ tier "cargo fmt --check"
 cargo fmt --all -- --check
 tier "cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
+tier "cargo doc (the library's front page, no broken links)"
+RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps --quiet
 tier "cargo deny check licenses bans (the advisory database cannot be fetched here)"
 cargo deny --log-level error check licenses bans
 tier "cargo test (unit, integration, deterministic)"

@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import fleet  # noqa: E402
-from run import free_port, wait_port  # noqa: E402  (the benchmark suite's own helpers)
+from harness import free_port, wait_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TCPIE = ROOT / "target" / "release" / "tcpie"

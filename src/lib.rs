@@ -1,54 +1,68 @@
-//! TCPie: a TCP server that protects itself under load.
+//! TCPie: an HTTP/1.1 server that protects itself under load, as a library.
 //!
-//! Each connection's HTTP/1.1 request is read under an absolute deadline, then admitted
-//! in two steps: a token bucket ([`ratelimit`], 429 when empty), then one of
-//! `TCPIE_WORKERS` permits or one of `TCPIE_QUEUE_SIZE` places to wait for one, FIFO
-//! ([`pool`], 503 when both are full). An admitted request runs a [`Handler`] in its own
-//! connection's task ([`server`]) and is answered. Metrics and probes are served by a
-//! separate admin server ([`admin`], [`metrics`]); configuration comes from the
-//! environment ([`config`]); [`shutdown`] turns signals into the phases of
-//! [`lifecycle`], a graceful drain.
+//! Each connection's request is read whole under an absolute deadline, then admitted in
+//! two steps: a token bucket (the global one, and with `TCPIE_CLIENT_KEY` each client's
+//! own: `429` when empty), then one of `TCPIE_WORKERS` permits or one of
+//! `TCPIE_QUEUE_SIZE` places to wait for one, in FIFO order (`503` when both are full).
+//! An admitted request runs your [`Handler`] under its permit and is answered. Metrics and
+//! probes are served on a separate admin port, bounded apart from the TCP port.
 //!
-//! The binary is a thin wrapper: read the [`Config`], set up [`telemetry`], [`bind`] both
-//! listeners and call [`run`]. Tests and embedding applications do the same with listeners
-//! bound to `127.0.0.1:0`, their own registry, handler and shutdown future.
+//! The binary `tcpie` is a thin wrapper around this crate, and an application embeds it
+//! the same way: read a [`Config`], [`bind`] both listeners, call [`run`] with a
+//! Prometheus registry, a handler and a future that says when to stop.
+//!
+//! ```no_run
+//! use tcpie::{Config, Handler, Listeners, Request, Response};
+//!
+//! struct Echo;
+//!
+//! impl Handler for Echo {
+//!     async fn handle(&self, request: &Request) -> Response {
+//!         Response::text(200, format!("you asked for {}\n", request.path()))
+//!     }
+//! }
+//!
+//! # async fn serve() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = Config::from_env()?;
+//! let listeners = Listeners {
+//!     tcp: tcpie::bind("127.0.0.1:8080".parse()?)?,
+//!     admin: tcpie::bind("127.0.0.1:9090".parse()?)?,
+//! };
+//! let stop = tcpie::signals::install()?;
+//! tcpie::run(config, listeners, prometheus::Registry::new(), Echo, stop).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Admission, deadlines, metrics, traces and the graceful stop stay TCPie's: a handler
+//! only answers. `examples/embedded.rs` is a complete program.
 
-pub mod admin;
-pub mod chunked;
-pub mod client_key;
-pub mod clients;
+mod admin;
+mod admission;
 pub mod config;
-pub mod date;
-pub mod descriptors;
-pub mod handler;
-pub mod healthcheck;
-pub mod http;
-pub mod lifecycle;
-pub mod metrics;
-pub mod pool;
-pub mod ratelimit;
-mod request_span;
-pub mod server;
-pub mod shutdown;
+mod handler;
+mod http;
+mod lifecycle;
+mod metrics;
+mod ratelimit;
+mod server;
 pub mod telemetry;
-pub mod trace_export;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpSocket};
-use tokio::time::{sleep, timeout};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use lifecycle::Phase;
-
-pub use config::{Config, ConfigError, ConfigErrors, LogFormat};
+pub use admin::healthcheck;
+pub use config::{Config, ConfigError, ConfigErrors};
 pub use handler::{Handler, Hello, Request, Response};
-pub use metrics::{Limit, Metrics, Outcome};
+pub use lifecycle::signals;
+pub use server::descriptors;
 
-/// The listeners `run` serves, bound by the caller.
+/// The listeners [`run`] serves, bound by the caller.
 pub struct Listeners {
     /// The admission-controlled TCP port.
     pub tcp: TcpListener,
@@ -56,7 +70,7 @@ pub struct Listeners {
     pub admin: TcpListener,
 }
 
-/// Why `run` could not serve.
+/// Why [`run`] could not serve.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error("registering metrics failed (is the registry shared with another server?): {0}")]
@@ -78,12 +92,13 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(BACKLOG)
 }
 
-/// Serves until `shutdown` resolves, then drains and returns.
+/// Serves until `shutdown` resolves, then stops gracefully and returns.
 ///
-/// The stop sequence: readiness fails at once; after `TCPIE_SHUTDOWN_DELAY_MS` the
-/// listener closes; every request already accepted is read, processed and answered
-/// within `TCPIE_SHUTDOWN_TIMEOUT_MS`; past it, what is left is answered 503
-/// (`shutting_down`). Then the admin server stops.
+/// The stop: readiness fails at once; after `TCPIE_SHUTDOWN_DELAY_MS` the listener
+/// closes; every request already accepted is read, processed and answered within
+/// `TCPIE_SHUTDOWN_TIMEOUT_MS`; past it, what is left is answered 503 (`shutting_down`).
+/// Then the admin server stops. Metrics are registered in `registry`, which must not be
+/// shared with another server.
 pub async fn run<H: Handler>(
     config: Config,
     listeners: Listeners,
@@ -91,10 +106,9 @@ pub async fn run<H: Handler>(
     handler: H,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
-    let metrics = Metrics::register(&registry)?;
+    let metrics = metrics::Metrics::register(&registry)?;
     let server_port = listeners.tcp.local_addr().map(|a| a.port()).unwrap_or(0);
     let core = Arc::new(server::Core::new(config, metrics, server_port));
-    let handler = Arc::new(handler);
 
     let admin_stop = CancellationToken::new();
     let admin = tokio::spawn(admin::serve(
@@ -103,79 +117,41 @@ pub async fn run<H: Handler>(
         registry,
         admin_stop.clone(),
     ));
-
     let connections = TaskTracker::new();
-    // One accept loop: a second one on the same listener was measured (bench/RESULTS.md)
-    // and cost more than it spread, both loops being woken for every connection.
     let accept = tokio::spawn(server::accept_loop(
         core.clone(),
-        handler,
-        Arc::new(listeners.tcp),
+        Arc::new(handler),
+        listeners.tcp,
         connections.clone(),
     ));
 
     shutdown.await;
-    core.lifecycle.advance(Phase::Stopping);
-    let delay = core.config.shutdown_delay();
-    tracing::info!(
-        delay_ms = delay.as_millis() as u64,
-        "shutdown: stop signal received, readiness now fails"
-    );
-    if !delay.is_zero() {
-        sleep(delay).await;
-    }
-
-    core.lifecycle.advance(Phase::Draining);
-    let _ = accept.await;
-    connections.close();
-    let drain = core.config.shutdown_timeout();
-    tracing::info!(
-        open = connections.len(),
-        drain_timeout_ms = drain.as_millis() as u64,
-        "shutdown: listener closed, draining accepted requests"
-    );
-    // Answers still being written after the hard stop get their write deadline, no more.
-    let grace = core.config.write_timeout() + std::time::Duration::from_millis(100);
-    if timeout(drain, connections.wait()).await.is_err() {
-        tracing::warn!(
-            left = connections.len(),
-            "shutdown: drain deadline passed, answering what is left with 503"
-        );
-        core.lifecycle.advance(Phase::HardStop);
-        core.pool().close();
-        if timeout(grace, connections.wait()).await.is_err() {
-            tracing::warn!(
-                left = connections.len(),
-                "shutdown: abandoning unanswered connections"
-            );
-        }
-    }
-    core.lifecycle.advance(Phase::HardStop);
-    tracing::info!("shutdown: requests drained, workers stopped");
-    admin_stop.cancel();
-    match admin.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "admin server ended with an error"),
-        Err(e) => tracing::warn!(error = %e, "admin server task failed"),
-    }
-    // The final counters, so that every accepted connection can be accounted for even
-    // after the last scrape.
-    let m = &core.metrics;
-    let answered: u64 = Outcome::ALL.iter().map(|o| m.requests(*o)).sum();
-    tracing::info!(
-        accepted = m.connections_accepted.get(),
-        requests = answered,
-        processed = m.requests(Outcome::Processed),
-        rate_limited = m.requests(Outcome::RateLimited),
-        queue_full = m.requests(Outcome::QueueFull),
-        read_timeout = m.requests(Outcome::ReadTimeout),
-        bad_request = m.requests(Outcome::BadRequest),
-        header_too_large = m.requests(Outcome::HeaderTooLarge),
-        write_error = m.requests(Outcome::WriteError),
-        shutting_down = m.requests(Outcome::ShuttingDown),
-        queue_timeout = m.requests(Outcome::QueueTimeout),
-        closed_before_request = m.connections_closed_before_request.get(),
-        "shutdown: complete"
-    );
+    let running = lifecycle::stop::Running {
+        accept,
+        connections,
+        admin,
+        admin_stop,
+    };
+    let server = lifecycle::stop::Server {
+        lifecycle: &core.lifecycle,
+        config: &core.config,
+        metrics: &core.metrics,
+        close_pool: || core.pool().close(),
+    };
+    lifecycle::stop::stop(server, running).await;
     Ok(())
+}
+
+/// What the tests, benchmarks and fuzz targets reach inside the crate. Not part of the
+/// interface: it changes without notice.
+#[doc(hidden)]
+pub mod internal {
+    pub use crate::admission::pool::{Entry, Permit, Pool, Wait};
+    pub use crate::http::chunked::Decoder;
+    pub use crate::http::date::format_line;
+    pub use crate::http::{header_value, parse_head, Body, Parsed, MAX_BODY_BYTES};
+    pub use crate::metrics::{Metrics, Outcome};
+    pub use crate::ratelimit::client_key::{forwarded, Identity};
+    pub use crate::ratelimit::client_table::ClientTable;
+    pub use crate::ratelimit::gcra::{Gcra, TokenBucket};
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tcpie::config::TraceSettings;
 use tcpie::telemetry;
-use tcpie::{bind, descriptors, run, shutdown, Config, Hello, Listeners};
+use tcpie::{bind, descriptors, run, signals, Config, Hello, Listeners};
 
 /// Exit code for a configuration error (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
@@ -104,7 +104,7 @@ async fn serve(config: Config, traces: TraceSettings) -> ExitCode {
             return start_failed(&format!("cannot read the bound address: {e}"))
         }
     };
-    let signals = match shutdown::signals() {
+    let signals = match signals::install() {
         Ok(s) => s,
         Err(e) => return start_failed(&format!("cannot install signal handlers: {e}")),
     };

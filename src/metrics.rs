@@ -7,54 +7,64 @@
 //! readiness) are set from that state when `/metrics` is scraped, so the hot path does
 //! not pay for them twice. Names follow `tcpie_<name>_<unit>`; counters end in `_total`.
 
+use crate::ratelimit::Limit;
 use prometheus::{
     Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
 };
 
-/// How a request ended. Every value is exported from the start, at 0.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Outcome {
+/// Declares [`Outcome`], its label values and [`Outcome::ALL`] from one list, so that an
+/// outcome added later is exported, counted and summarised like the others.
+macro_rules! outcomes {
+    ($( $(#[doc = $doc:literal])+ $variant:ident => $label:literal, )+) => {
+        /// How a request ended. Every value is exported from the start, at 0.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Outcome {
+            $( $(#[doc = $doc])+ $variant, )+
+        }
+
+        impl Outcome {
+            /// Every outcome, in the order of the list.
+            pub const ALL: [Outcome; [$($label),+].len()] = [$(Outcome::$variant),+];
+
+            /// The `outcome` label value.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $( Outcome::$variant => $label, )+
+                }
+            }
+        }
+    };
+}
+
+outcomes! {
     /// A worker processed it and the response was written.
-    Processed,
+    Processed => "processed",
     /// 429: no token in the bucket.
-    RateLimited,
+    RateLimited => "rate_limited",
     /// 503: the queue was full.
-    QueueFull,
-    /// 408: the head or the body was not read before the read deadline.
-    ReadTimeout,
-    /// 400, 413 or 501: not a request TCPie accepts.
-    BadRequest,
+    QueueFull => "queue_full",
+    /// 408: the head (once its first byte came) or the body was not read before the read
+    /// deadline.
+    ReadTimeout => "read_timeout",
+    /// 400, 413, 501 or 505: not a request TCPie accepts.
+    BadRequest => "bad_request",
     /// 431 (or 414 for the request target): the head was larger than
     /// `TCPIE_MAX_HEADER_BYTES`.
-    HeaderTooLarge,
+    HeaderTooLarge => "header_too_large",
     /// A processed request whose response could not be written before the write deadline.
-    WriteError,
+    WriteError => "write_error",
     /// 503: the drain deadline passed during shutdown.
-    ShuttingDown,
+    ShuttingDown => "shutting_down",
     /// 503: waited in the queue longer than `TCPIE_QUEUE_TIMEOUT_MS`.
-    QueueTimeout,
+    QueueTimeout => "queue_timeout",
     /// 429: no token in the client's own bucket (`TCPIE_CLIENT_KEY`).
-    ClientRateLimited,
+    ClientRateLimited => "client_rate_limited",
 }
 
-/// Which rate limit refused a request (the `limit` label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Limit {
-    /// The one bucket every request passes (`TCPIE_RATE_PER_SECOND`, `TCPIE_BURST`).
-    Global,
-    /// The client's own bucket (`TCPIE_CLIENT_RATE_PER_SECOND`, `TCPIE_CLIENT_BURST`).
-    Client,
-}
-
-impl Limit {
-    pub const ALL: [Limit; 2] = [Limit::Global, Limit::Client];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Limit::Global => "global",
-            Limit::Client => "client",
-        }
+impl Outcome {
+    fn index(self) -> usize {
+        self as usize
     }
 }
 
@@ -78,48 +88,13 @@ impl AdminShed {
     }
 }
 
-impl Outcome {
-    pub const ALL: [Outcome; 10] = [
-        Outcome::Processed,
-        Outcome::RateLimited,
-        Outcome::QueueFull,
-        Outcome::ReadTimeout,
-        Outcome::BadRequest,
-        Outcome::HeaderTooLarge,
-        Outcome::WriteError,
-        Outcome::ShuttingDown,
-        Outcome::QueueTimeout,
-        Outcome::ClientRateLimited,
-    ];
-
-    /// The `outcome` label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Processed => "processed",
-            Outcome::RateLimited => "rate_limited",
-            Outcome::QueueFull => "queue_full",
-            Outcome::ReadTimeout => "read_timeout",
-            Outcome::BadRequest => "bad_request",
-            Outcome::HeaderTooLarge => "header_too_large",
-            Outcome::WriteError => "write_error",
-            Outcome::ShuttingDown => "shutting_down",
-            Outcome::QueueTimeout => "queue_timeout",
-            Outcome::ClientRateLimited => "client_rate_limited",
-        }
-    }
-
-    fn index(self) -> usize {
-        self as usize
-    }
-}
-
 /// Every TCPie metric, registered in one registry.
 #[derive(Clone)]
 pub struct Metrics {
     pub connections_accepted: IntCounter,
     pub connections_closed_before_request: IntCounter,
     pub connections_open: IntGauge,
-    requests: [IntCounter; 10],
+    requests: [IntCounter; Outcome::ALL.len()],
     pub request_duration: Histogram,
     pub queue_wait: Histogram,
     /// Accept (or, on a kept-alive connection, the request's first byte) to the refusal

@@ -5,8 +5,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use prometheus::IntCounter;
-use tcpie::client_key::Identity;
-use tcpie::clients::ClientTable;
+use tcpie::internal::ClientTable;
+use tcpie::internal::Identity;
 use tokio::time::Instant;
 
 mod common;

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use common::{config, request_from, start, Reply, TestServer};
-use tcpie::client_key::{ClientKey, Forwarded};
+use tcpie::config::{ClientKey, Forwarded};
 use tokio::time::sleep;
 
 const ONE: &str = "127.0.0.1";

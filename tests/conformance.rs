@@ -169,7 +169,7 @@ async fn every_answer_carries_a_date() {
     // The day as the server may have seen it (a second may pass, even midnight).
     let days: Vec<String> = [now, now + 5]
         .iter()
-        .map(|s| String::from_utf8_lossy(&tcpie::date::format_line(*s)[6..17]).into_owned())
+        .map(|s| String::from_utf8_lossy(&tcpie::internal::format_line(*s)[6..17]).into_owned())
         .collect();
     for bytes in [GET, b"nonsense\r\n\r\n", b"GET / HTTP/1.1\r\nHo"] {
         let reply = parse_reply(raw(server.addr, bytes).await).unwrap();

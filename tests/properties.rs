@@ -12,8 +12,8 @@ use proptest::prelude::*;
 use std::ffi::OsString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
+use tcpie::config::TraceSettings;
 use tcpie::config::{otel_variable_names, variable_names};
-use tcpie::telemetry::TraceSettings;
 use tcpie::{Config, ConfigError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -279,9 +279,9 @@ proptest! {
         rate in 0.5f64..2000.0,
         burst in 1u32..8,
     ) {
-        use tcpie::client_key::Identity;
-        use tcpie::clients::ClientTable;
-        use tcpie::ratelimit::Gcra;
+        use tcpie::internal::Identity;
+        use tcpie::internal::ClientTable;
+        use tcpie::internal::Gcra;
         let counter = |n| prometheus::IntCounter::new(n, "t").unwrap();
         let origin = tokio::time::Instant::now();
         let table = ClientTable::new(rate, burst, 64, origin, counter("r"), counter("e"));
@@ -319,8 +319,8 @@ proptest! {
         burst in 1u32..4,
         size in 1usize..6,
     ) {
-        use tcpie::client_key::Identity;
-        use tcpie::clients::ClientTable;
+        use tcpie::internal::Identity;
+        use tcpie::internal::ClientTable;
         let evicted = prometheus::IntCounter::new("e", "t").unwrap();
         let origin = tokio::time::Instant::now();
         let table = ClientTable::new(
@@ -364,7 +364,8 @@ proptest! {
         ),
         hops in 0u32..70,
     ) {
-        use tcpie::client_key::{forwarded, Forwarded};
+        use tcpie::config::Forwarded;
+        use tcpie::internal::forwarded;
         let mut head = b"GET / HTTP/1.1\r\nHost: t\r\n".to_vec();
         for (name, value) in &fields {
             head.extend_from_slice(name.as_bytes());

@@ -1,6 +1,7 @@
 //! The README's configuration tables are generated from the variables' declarations
 //! (`src/config`): this test fails when they differ. `BLESS=1 cargo test --test readme`
-//! rewrites them in place.
+//! rewrites them in place. Its picture of the code ("How the code is laid out") names
+//! every folder under `src/`, and only those.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
@@ -44,4 +45,28 @@ fn the_readme_tables_are_the_generated_ones() {
     if bless {
         std::fs::write(&path, readme).unwrap();
     }
+}
+
+#[test]
+fn the_readme_names_every_folder_of_src() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let (from, to) = section(&readme, "layout");
+    let mut named: Vec<String> = readme[from..to]
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `src/"))
+        .filter_map(|l| l.split_once("/` |").map(|(name, _)| name.to_string()))
+        .collect();
+    named.sort();
+    let mut folders: Vec<String> = std::fs::read_dir(root.join("src"))
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().unwrap().is_dir())
+        .map(|e| e.file_name().into_string().unwrap())
+        .collect();
+    folders.sort();
+    assert_eq!(
+        named, folders,
+        "README.md's \"How the code is laid out\" must name every folder under src/"
+    );
 }

@@ -3,10 +3,10 @@
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use tcpie::client_key::Identity;
-use tcpie::clients::ClientTable;
-use tcpie::pool::{Entry, Permit, Pool, Wait};
-use tcpie::ratelimit::TokenBucket;
+use tcpie::internal::Identity;
+use tcpie::internal::ClientTable;
+use tcpie::internal::{Entry, Permit, Pool, Wait};
+use tcpie::internal::TokenBucket;
 use tokio::time::Instant;
 
 /// A request waiting for a permit.

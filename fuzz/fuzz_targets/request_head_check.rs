@@ -2,8 +2,8 @@
 // parses a head and, when the head announces a chunked body, decodes what follows it
 // twice (whole, and in pieces the input chooses): both must agree exactly.
 
-use tcpie::chunked::Decoder;
-use tcpie::http::{parse_head, Body, Parsed, MAX_BODY_BYTES};
+use tcpie::internal::Decoder;
+use tcpie::internal::{parse_head, Body, Parsed, MAX_BODY_BYTES};
 
 pub fn check(data: &[u8]) {
     // The first two bytes choose the head limit, so small limits get exercised too; the

@@ -11,6 +11,7 @@
 
 use std::sync::Arc;
 
+pub mod healthcheck;
 mod server;
 
 pub(crate) use server::Limits;
@@ -105,7 +106,7 @@ async fn metrics(State(state): State<AdminState>) -> Response {
     m.workers_busy.set(core.pool().busy() as i64);
     m.rate_limit_tokens.set(core.tokens(Instant::now()));
     m.rate_limit_clients
-        .set(core.admission.clients_tracked() as i64);
+        .set(core.admission.limits().clients_tracked() as i64);
     m.ready.set(i64::from(core.ready()));
     let mut body = Vec::with_capacity(8 * 1024);
     let encoder = TextEncoder::new();

@@ -3,7 +3,7 @@
 //!
 //! This module owns the names, the defaults, the parsing and the validation, and the text
 //! that describes them. Each variable is declared once, in one row of a table (the
-//! [`variables!`] rows in `server.rs` and `otel.rs`): its name, its field and type, its
+//! `variables!` rows in `server.rs` and `otel.rs`): its name, its field and type, its
 //! default, what a valid value looks like, and the sentence that explains it. The
 //! defaults, the validation, the error messages, the start-up summary and the README's
 //! tables are all derived from those rows (a test checks the README against them).
@@ -73,10 +73,12 @@ macro_rules! variables {
     };
 }
 
+mod client_key;
 mod otel;
 mod server;
 
-pub use otel::{Protocol, SamplerSetting, TraceSettings};
+pub use client_key::{ClientKey, Forwarded};
+pub use otel::{BatchSettings, Protocol, SamplerSetting, TraceSettings};
 pub use server::{Config, LogFormat};
 
 /// The prefix shared by every TCPie variable.
@@ -84,7 +86,7 @@ pub const PREFIX: &str = "TCPIE_";
 /// The prefix of the OpenTelemetry variables.
 pub const OTEL_PREFIX: &str = "OTEL_";
 
-/// One environment variable, declared once (see [`variables!`]).
+/// One environment variable, declared once (see `variables!`).
 pub struct Var<S> {
     /// The full variable name, such as `TCPIE_WORKERS`.
     pub name: &'static str,

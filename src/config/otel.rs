@@ -11,7 +11,6 @@ use opentelemetry_sdk::Resource;
 use serde::Deserialize;
 
 use super::{read, ConfigErrors, Shown, OTEL_PREFIX};
-use crate::trace_export::BatchSettings;
 
 /// The OTLP transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -182,6 +181,30 @@ variables! {
     OTEL_EXPORTER_OTLP_TRACES_TIMEOUT => traces_timeout_ms: Option<u64> = None;
         expect "a whole number from 1 to 3600000";
         valid |c| c.traces_timeout_ms.is_none_or(|t| (1..=3_600_000).contains(&t));
+}
+
+/// Batching limits; the defaults are the OpenTelemetry specification's.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BatchSettings {
+    /// Spans held while waiting for export (`OTEL_BSP_MAX_QUEUE_SIZE`).
+    pub max_queue_size: usize,
+    /// Spans per export call (`OTEL_BSP_MAX_EXPORT_BATCH_SIZE`).
+    pub max_batch_size: usize,
+    /// Longest wait before a partial batch is sent (`OTEL_BSP_SCHEDULE_DELAY`).
+    pub schedule_delay: Duration,
+    /// Longest one export call may take (`OTEL_EXPORTER_OTLP_TIMEOUT`).
+    pub export_timeout: Duration,
+}
+
+impl Default for BatchSettings {
+    fn default() -> Self {
+        BatchSettings {
+            max_queue_size: 2048,
+            max_batch_size: 512,
+            schedule_delay: Duration::from_millis(5000),
+            export_timeout: Duration::from_millis(10_000),
+        }
+    }
 }
 
 /// Trace settings, resolved from the standard OpenTelemetry variables.

@@ -9,9 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use crate::client_key::ClientKey;
-
-use super::{read, unknown_hint, ConfigError, ConfigErrors, Shown, PREFIX};
+use super::{read, unknown_hint, ClientKey, ConfigError, ConfigErrors, Shown, PREFIX};
 
 /// How log lines are written; the filter itself comes from `RUST_LOG`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -10,6 +10,8 @@
 //! never both), no transfer coding it does not implement (501), no `CONNECT` (501: TCPie
 //! is no proxy), and HTTP/1.x minor versions above 1 answered as HTTP/1.1.
 
+pub mod chunked;
+pub mod date;
 mod request;
 mod response;
 

@@ -312,6 +312,18 @@ impl Codings {
     }
 }
 
+/// The value of the first field called `name` (case-insensitive) in `head`, a request head
+/// that [`parse_head`] accepted, without its surrounding whitespace. The head is known to
+/// be well formed, so its field lines are found by splitting, without parsing it again.
+pub fn header_value<'h>(head: &'h [u8], name: &str) -> Option<&'h [u8]> {
+    head.split(|b| *b == b'\n').skip(1).find_map(|line| {
+        let colon = line.iter().position(|b| *b == b':')?;
+        line[..colon]
+            .eq_ignore_ascii_case(name.as_bytes())
+            .then(|| line[colon + 1..].trim_ascii())
+    })
+}
+
 /// A token character (RFC 9110 §5.6.2).
 pub fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
@@ -392,6 +404,21 @@ mod tests {
         assert_eq!(h.len, buf.len() - "extra".len());
         assert_eq!(h.body, Body::Empty);
         assert_eq!(h.later_minor_at, None);
+    }
+
+    #[test]
+    fn a_field_is_found_by_name_whatever_its_case_and_line_ends() {
+        let buf = b"GET / HTTP/1.1\r\nHost: x\r\nX-Key:  a b \r\nx-key: second\r\nEmpty:\r\n\r\n";
+        assert_eq!(head(buf).len, buf.len());
+        assert_eq!(header_value(buf, "x-KEY"), Some(&b"a b"[..]));
+        assert_eq!(header_value(buf, "empty"), Some(&b""[..]));
+        assert_eq!(header_value(buf, "Missing"), None);
+        // The request line is not a field, even with a colon in its target.
+        assert_eq!(header_value(b"GET /a:b HTTP/1.1\r\n\r\n", "GET /a"), None);
+        // httparse accepts bare LF line ends; so does the lookup.
+        let lf = b"GET / HTTP/1.1\nHost: x\nX-Key: v\n\n";
+        assert_eq!(head(lf).len, lf.len());
+        assert_eq!(header_value(lf, "x-key"), Some(&b"v"[..]));
     }
 
     #[test]

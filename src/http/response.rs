@@ -173,49 +173,6 @@ pub fn answer_head(
     })
 }
 
-/// The `RateLimit-Policy` and `RateLimit` fields (IETF draft "RateLimit header fields for
-/// HTTP", draft-ietf-httpapi-ratelimit-headers-09) of one token bucket, formatted on the
-/// stack: the policy named `policy` allows `burst` requests per `window` (the time the
-/// bucket takes to refill from empty), with `remaining` whole tokens left now and the
-/// bucket full again in `full_in`. Seconds are rounded up, and a window is at least 1 s.
-pub struct RateLimitFields {
-    buf: [u8; 192],
-    len: usize,
-}
-
-impl RateLimitFields {
-    pub fn new(
-        policy: &str,
-        burst: u32,
-        window: std::time::Duration,
-        remaining: u32,
-        full_in: std::time::Duration,
-    ) -> RateLimitFields {
-        let secs =
-            |d: std::time::Duration| d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0));
-        let mut fields = RateLimitFields {
-            buf: [0; 192],
-            len: 0,
-        };
-        let mut cursor = &mut fields.buf[..];
-        // 192 bytes hold both lines with the longest numbers: a write cannot fail.
-        let _ = write!(
-            cursor,
-            "RateLimit-Policy: \"{policy}\";q={burst};w={}\r\n\
-             RateLimit: \"{policy}\";r={remaining};t={}\r\n",
-            secs(window).max(1),
-            secs(full_in)
-        );
-        let left = cursor.len();
-        fields.len = fields.buf.len() - left;
-        fields
-    }
-
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.buf[..self.len]
-    }
-}
-
 /// The built-in answer, prebuilt once: TCPie's default handler sends these bytes.
 pub const HELLO_BODY: &[u8] = b"Hello world !\n";
 
@@ -265,28 +222,5 @@ mod tests {
         );
         assert_eq!(answer_head(200, "text/plain", 14, true), head);
         assert_ne!(answer_head(200, "text/plain", 15, true), head);
-    }
-
-    #[test]
-    fn ratelimit_fields_follow_the_draft() {
-        use std::time::Duration;
-        let f = RateLimitFields::new(
-            "client",
-            5,
-            Duration::from_millis(2500),
-            0,
-            Duration::from_millis(1001),
-        );
-        assert_eq!(
-            f.as_bytes(),
-            b"RateLimit-Policy: \"client\";q=5;w=3\r\nRateLimit: \"client\";r=0;t=2\r\n"
-        );
-        let f = RateLimitFields::new("global", u32::MAX, Duration::MAX, u32::MAX, Duration::MAX);
-        assert!(f.as_bytes().ends_with(b"\r\n"), "{:?}", f.as_bytes());
-        let f = RateLimitFields::new("global", 1, Duration::from_millis(1), 1, Duration::ZERO);
-        assert_eq!(
-            f.as_bytes(),
-            b"RateLimit-Policy: \"global\";q=1;w=1\r\nRateLimit: \"global\";r=1;t=0\r\n"
-        );
     }
 }

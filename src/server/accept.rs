@@ -35,13 +35,14 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Accept errors are logged at most this often.
 const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(5);
 
-/// Accepts connections until the listener closes, never more than `max_connections`
-/// open (the cap is shared by every loop on the listener). The listener closes when the
-/// last loop returns.
+/// Accepts connections until the `Draining` phase, never more than `max_connections`
+/// open, then closes the listener. One loop: a second one on the same listener was
+/// measured (bench/RESULTS.md) and cost more than it spread, both loops being woken for
+/// every connection.
 pub(crate) async fn accept_loop<H: Handler>(
     core: Arc<Core>,
     handler: Arc<H>,
-    listener: Arc<TcpListener>,
+    listener: TcpListener,
     connections: TaskTracker,
 ) {
     let spawn = |conn: Conn, accepted: Instant| {

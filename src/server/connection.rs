@@ -20,12 +20,11 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
-use tokio::time::{timeout, timeout_at, Instant};
+use tokio::time::{timeout, Instant};
 
-use crate::chunked;
-use crate::date;
 use crate::http::{self, Answer, Body, Head, Parsed, Reject};
-use crate::lifecycle::{Lifecycle, Phase};
+use crate::http::{chunked, date};
+use crate::lifecycle::{Lifecycle, Phase, Waited};
 
 /// First read buffer of a connection, allocated only once the client has sent something.
 const INITIAL_READ_BUFFER: usize = 1024;
@@ -274,15 +273,12 @@ impl Conn {
             if self.buf.capacity() < 512 {
                 self.buf.reserve(512);
             }
-            let read = lifecycle
-                .unless(
-                    Phase::HardStop,
-                    self.id,
-                    timeout_at(deadline, self.stream.read_buf(&mut self.buf)),
-                )
-                .await;
-            match read {
-                Some(Ok(Ok(n))) if n > 0 && discarded < LINGER_BYTES => discarded += n,
+            let read = self.stream.read_buf(&mut self.buf);
+            match lifecycle
+                .within(Phase::HardStop, self.id, Some(deadline), read)
+                .await
+            {
+                Waited::Done(Ok(n)) if n > 0 && discarded < LINGER_BYTES => discarded += n,
                 _ => return,
             }
         }

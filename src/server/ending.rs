@@ -10,12 +10,11 @@ use std::borrow::Cow;
 use tokio::time::Instant;
 
 use super::Core;
+use crate::admission::Refusal;
 use crate::http::{Answer, Reject};
 use crate::metrics::Outcome;
-use crate::request_span::RequestSpan;
-
-/// 429 answers prebuilt for these `Retry-After` values; larger ones are formatted.
-const PREBUILT_RETRY_AFTER: u64 = 60;
+use crate::ratelimit::{Limit, TooMany};
+use crate::telemetry::request_span::RequestSpan;
 
 /// Every way a request ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,10 +23,8 @@ pub(crate) enum End {
     Processed { status: u16 },
     /// Processed, but the answer could not be written in time.
     WriteError { status: u16 },
-    /// 429: no token in the global bucket.
-    RateLimited { retry_after: u64 },
-    /// 429: no token in the client's own bucket.
-    ClientRateLimited { retry_after: u64 },
+    /// 429: no token in the global bucket, or in the client's own.
+    RateLimited { limit: Limit, retry_after: u64 },
     /// 503: no permit and no place in the queue.
     QueueFull,
     /// 408: the head did not arrive in time.
@@ -42,13 +39,29 @@ pub(crate) enum End {
     QueueTimeout,
 }
 
+impl From<Refusal> for End {
+    fn from(refusal: Refusal) -> End {
+        match refusal {
+            Refusal::RateLimited { limit, retry_after } => End::RateLimited { limit, retry_after },
+            Refusal::QueueFull => End::QueueFull,
+            Refusal::ShuttingDown => End::ShuttingDown,
+        }
+    }
+}
+
 impl End {
     pub fn outcome(self) -> Outcome {
         match self {
             End::Processed { .. } => Outcome::Processed,
             End::WriteError { .. } => Outcome::WriteError,
-            End::RateLimited { .. } => Outcome::RateLimited,
-            End::ClientRateLimited { .. } => Outcome::ClientRateLimited,
+            End::RateLimited {
+                limit: Limit::Global,
+                ..
+            } => Outcome::RateLimited,
+            End::RateLimited {
+                limit: Limit::Client,
+                ..
+            } => Outcome::ClientRateLimited,
             End::QueueFull => Outcome::QueueFull,
             End::HeadTimeout | End::BodyTimeout => Outcome::ReadTimeout,
             End::Refused(Reject::UriTooLong | Reject::HeaderTooLarge) => Outcome::HeaderTooLarge,
@@ -61,7 +74,7 @@ impl End {
     pub fn status(self) -> u16 {
         match self {
             End::Processed { status } | End::WriteError { status } => status,
-            End::RateLimited { .. } | End::ClientRateLimited { .. } => 429,
+            End::RateLimited { .. } => 429,
             End::QueueFull | End::ShuttingDown | End::QueueTimeout => 503,
             End::HeadTimeout | End::BodyTimeout => 408,
             End::Refused(reject) => reject.status(),
@@ -74,15 +87,8 @@ impl End {
         let a = answers;
         let answer = match self {
             End::Processed { .. } | End::WriteError { .. } => return None,
-            End::RateLimited { retry_after } => {
-                return Some(too_many(&a.rate_limited, retry_after, RATE_LIMITED))
-            }
-            End::ClientRateLimited { retry_after } => {
-                return Some(too_many(
-                    &a.client_rate_limited,
-                    retry_after,
-                    CLIENT_RATE_LIMITED,
-                ))
+            End::RateLimited { limit, retry_after } => {
+                return Some(a.too_many.answer(limit, retry_after))
             }
             End::QueueFull => &a.queue_full,
             End::ShuttingDown => &a.shutting_down,
@@ -101,21 +107,9 @@ impl End {
     }
 }
 
-const RATE_LIMITED: &str = "rate limited\n";
-const CLIENT_RATE_LIMITED: &str = "rate limited: this client's own limit\n";
-
-/// A 429 with `Retry-After`, prebuilt for the common values.
-fn too_many<'a>(prebuilt: &'a [Answer], retry_after: u64, body: &str) -> Cow<'a, Answer> {
-    match prebuilt.get(retry_after.saturating_sub(1) as usize) {
-        Some(r) => Cow::Borrowed(r),
-        None => Cow::Owned(Answer::prebuilt(429, Some(retry_after), body)),
-    }
-}
-
 /// The answers of every refusal, built once.
 pub(crate) struct Answers {
-    rate_limited: Vec<Answer>,
-    client_rate_limited: Vec<Answer>,
+    too_many: TooMany,
     queue_full: Answer,
     queue_timeout: Answer,
     shutting_down: Answer,
@@ -135,12 +129,7 @@ pub(crate) struct Answers {
 impl Answers {
     pub fn new() -> Answers {
         Answers {
-            rate_limited: (1..=PREBUILT_RETRY_AFTER)
-                .map(|s| Answer::prebuilt(429, Some(s), RATE_LIMITED))
-                .collect(),
-            client_rate_limited: (1..=PREBUILT_RETRY_AFTER)
-                .map(|s| Answer::prebuilt(429, Some(s), CLIENT_RATE_LIMITED))
-                .collect(),
+            too_many: TooMany::new(),
             queue_full: Answer::prebuilt(503, Some(1), "queue full\n"),
             queue_timeout: Answer::prebuilt(503, Some(1), "waited too long in the queue\n"),
             shutting_down: Answer::prebuilt(503, Some(1), "shutting down\n"),
@@ -198,15 +187,35 @@ mod tests {
     fn every_refusal_has_its_status_and_outcome() {
         let answers = Answers::new();
         for (end, status, outcome) in [
-            (End::RateLimited { retry_after: 3 }, 429, "rate_limited"),
-            (End::RateLimited { retry_after: 600 }, 429, "rate_limited"),
             (
-                End::ClientRateLimited { retry_after: 2 },
+                End::RateLimited {
+                    limit: Limit::Global,
+                    retry_after: 3,
+                },
+                429,
+                "rate_limited",
+            ),
+            (
+                End::RateLimited {
+                    limit: Limit::Global,
+                    retry_after: 600,
+                },
+                429,
+                "rate_limited",
+            ),
+            (
+                End::RateLimited {
+                    limit: Limit::Client,
+                    retry_after: 2,
+                },
                 429,
                 "client_rate_limited",
             ),
             (
-                End::ClientRateLimited { retry_after: 61 },
+                End::RateLimited {
+                    limit: Limit::Client,
+                    retry_after: 61,
+                },
                 429,
                 "client_rate_limited",
             ),
@@ -239,7 +248,7 @@ mod tests {
                 status_line.starts_with(format!("HTTP/1.1 {status} ").as_bytes()),
                 "{end:?}"
             );
-            if let End::RateLimited { retry_after } | End::ClientRateLimited { retry_after } = end {
+            if let End::RateLimited { retry_after, .. } = end {
                 let header = format!("Retry-After: {retry_after}\r\n");
                 assert!(rest.windows(header.len()).any(|w| w == header.as_bytes()));
             }

@@ -4,28 +4,32 @@
 //!
 //! Every request ends in exactly one [`End`], passed to [`finish`] (or, when the client
 //! leaves before its request is complete, in none: it is counted as a connection closed
-//! before a request). Reading holds neither a permit nor a place in the queue (except the
-//! body of an admitted `Expect: 100-continue` request). Phase changes reach a request
-//! only where it waits (see [`crate::lifecycle`]): past the drain deadline, whatever is
-//! left is answered 503.
+//! before a request). A step that cannot go on stops the exchange with a [`Stop`]: the
+//! client left, or the request is refused, and one place writes every refusal. Reading
+//! holds neither a permit nor a place in the queue (except the body of an admitted
+//! `Expect: 100-continue` request). Phase changes reach a request only where it waits
+//! (see [`crate::lifecycle`]): past the drain deadline, whatever is left is answered 503.
 
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use futures_util::FutureExt;
-use tokio::time::{sleep, timeout, timeout_at, Instant};
+use tokio::time::{sleep, Instant};
 use tracing::Instrument;
 
-use super::admission::{Decision, Quota, Verdict};
 use super::connection::{Conn, ReadError};
 use super::ending::{finish, End};
 use super::Core;
+use crate::admission::pool::{Entry, Permit};
+use crate::admission::Decision;
 use crate::handler::{Handler, Request, Response};
 use crate::http::{self, Body};
-use crate::lifecycle::Phase;
+use crate::lifecycle::{Phase, Waited};
 use crate::metrics::Outcome;
-use crate::pool::{Entry, Permit};
-use crate::request_span::RequestSpan;
+use crate::ratelimit::client_table::ClientId;
+use crate::ratelimit::Quota;
+use crate::telemetry::request_span::RequestSpan;
 
 /// How one request went.
 struct Ended {
@@ -36,6 +40,27 @@ struct Ended {
     keep_alive: bool,
 }
 
+/// Why an exchange stopped before its request was processed.
+enum Stop {
+    /// The client closed or reset before its request was complete: nothing to answer.
+    Left,
+    /// Refused: answered with `end`'s prebuilt answer and the `RateLimit` fields of
+    /// `quota`; `complete` if the request had been read to its end.
+    Refused {
+        end: End,
+        quota: Option<Quota>,
+        complete: bool,
+    },
+}
+
+fn refused(end: End, quota: Option<Quota>, complete: bool) -> Stop {
+    Stop::Refused {
+        end,
+        quota,
+        complete,
+    }
+}
+
 /// Serves one connection (accepted at `accepted`): one request, or with keep-alive as
 /// many as it may carry.
 pub(crate) async fn serve<H: Handler>(
@@ -44,46 +69,26 @@ pub(crate) async fn serve<H: Handler>(
     mut conn: Conn,
     accepted: Instant,
 ) {
-    let lifecycle = &core.lifecycle;
     let read_timeout = core.config.read_timeout();
-    let max_head = core.config.max_header_bytes;
-    let id = conn.id;
     let mut served: u64 = 0;
     let complete = loop {
         let first = served == 0;
-        // Wait for the request's first bytes. The first request's head has an absolute
-        // deadline from the accept; a kept-alive connection may idle up to its idle time
-        // (and closes quietly then, or when the listener closes), then its head gets the
-        // read deadline.
-        let (started, deadline) = if first {
-            if !conn.has_buffered() {
-                // Boxed, like every wait below: the task holds only a pointer to it.
-                let wait = timeout_at(accepted + read_timeout, conn.first_bytes(max_head));
-                match Box::pin(lifecycle.unless(Phase::HardStop, id, wait)).await {
-                    Some(Ok(Ok(()))) => {}
-                    // Closed without a byte (a port scan, a TCP probe), or never a byte by
-                    // the deadline or the hard stop (a client's spare connection): no
-                    // request, and no answer nobody asked for.
-                    Some(Ok(Err(_))) | Some(Err(_)) | None => {
-                        core.metrics.connections_closed_before_request.inc();
-                        break true;
-                    }
-                }
+        // The first request's head has an absolute deadline from the accept; a kept-alive
+        // connection may idle up to its idle time, then its head gets the read deadline.
+        let started = if first {
+            if !first_bytes(&core, &mut conn, accepted + read_timeout).await {
+                // Closed without a byte (a port scan, a TCP probe), or never a byte by the
+                // deadline or the hard stop (a client's spare connection): no request, and
+                // no answer nobody asked for.
+                core.metrics.connections_closed_before_request.inc();
+                break true;
             }
-            (accepted, accepted + read_timeout)
+            accepted
         } else {
-            if !conn.has_buffered() {
-                let idle_until = Instant::now() + core.config.keep_alive_idle();
-                let wait = timeout_at(idle_until, conn.first_bytes(max_head));
-                if !matches!(
-                    Box::pin(lifecycle.unless(Phase::Draining, id, wait)).await,
-                    Some(Ok(Ok(())))
-                ) {
-                    break true;
-                }
+            if !next_bytes(&core, &mut conn).await {
+                break true;
             }
-            let now = Instant::now();
-            (now, now + read_timeout)
+            Instant::now()
         };
 
         let span = RequestSpan::new(conn.peer, core.server_port, conn.id);
@@ -98,7 +103,8 @@ pub(crate) async fn serve<H: Handler>(
             core.config.keep_alive && served + 1 < core.config.max_requests_per_connection;
         // Boxed: only a request in progress needs this state, so the connection's task
         // stays small (it is copied when spawned, and kept while idle).
-        let ended = Box::pin(exchange.run(&mut conn, &*handler, deadline, may_keep)).await;
+        let ended = Box::pin(exchange.run(&mut conn, &*handler, started + read_timeout, may_keep));
+        let ended = ended.await;
         served += 1;
         let Some(ended) = ended else {
             if first {
@@ -115,8 +121,42 @@ pub(crate) async fn serve<H: Handler>(
     // Closed at once when nothing more can come (the common case: no shutdown(), no
     // wait); otherwise with a lingering close, boxed like the other waits.
     if !conn.closes_at_once(complete) {
-        Box::pin(conn.linger(lifecycle)).await;
+        Box::pin(conn.linger(&core.lifecycle)).await;
     }
+}
+
+/// Waits for the first request's first bytes until `deadline` (or the hard stop); false
+/// if none came.
+async fn first_bytes(core: &Core, conn: &mut Conn, deadline: Instant) -> bool {
+    if conn.has_buffered() {
+        return true;
+    }
+    let (id, max_head) = (conn.id, core.config.max_header_bytes);
+    // Boxed, like every wait: the task holds only a pointer to it.
+    let wait = core.lifecycle.within(
+        Phase::HardStop,
+        id,
+        Some(deadline),
+        conn.first_bytes(max_head),
+    );
+    matches!(Box::pin(wait).await, Waited::Done(Ok(())))
+}
+
+/// Waits for a kept-alive connection's next request, for its idle time at most; false if
+/// none came, or the listener closed first (idle connections close with it).
+async fn next_bytes(core: &Core, conn: &mut Conn) -> bool {
+    if conn.has_buffered() {
+        return true;
+    }
+    let (id, max_head) = (conn.id, core.config.max_header_bytes);
+    let idle_until = Instant::now() + core.config.keep_alive_idle();
+    let wait = core.lifecycle.within(
+        Phase::Draining,
+        id,
+        Some(idle_until),
+        conn.first_bytes(max_head),
+    );
+    matches!(Box::pin(wait).await, Waited::Done(Ok(())))
 }
 
 /// One request, from its head on.
@@ -126,9 +166,9 @@ struct Exchange<'a> {
     head_only: bool,
 }
 
-impl Exchange<'_> {
-    /// Head, body, admission, processing, answer. `None` when the client left before its
-    /// request was complete.
+impl<'a> Exchange<'a> {
+    /// The exchange's steps, and the answer to a refusal; `None` when the client left
+    /// before its request was complete.
     async fn run<H: Handler>(
         &self,
         conn: &mut Conn,
@@ -136,129 +176,163 @@ impl Exchange<'_> {
         deadline: Instant,
         may_keep: bool,
     ) -> Option<Ended> {
+        match self.steps(conn, handler, deadline, may_keep).await {
+            Ok(ended) => Some(ended),
+            Err(Stop::Left) => None,
+            Err(Stop::Refused {
+                end,
+                quota,
+                complete,
+            }) => {
+                self.answer_refusal(conn, end, quota).await;
+                Some(Ended {
+                    end,
+                    complete,
+                    keep_alive: false,
+                })
+            }
+        }
+    }
+
+    /// Head, body, admission, a permit, processing, answer.
+    async fn steps<H: Handler>(
+        &self,
+        conn: &mut Conn,
+        handler: &H,
+        deadline: Instant,
+        may_keep: bool,
+    ) -> Result<Ended, Stop> {
         let core = self.core;
         let id = conn.id;
-        let refused = |end| Ended {
-            end,
-            complete: false,
-            keep_alive: false,
-        };
-        let read = timeout_at(deadline, conn.read_head(core.config.max_header_bytes));
-        let (head, bytes) = match core.lifecycle.unless(Phase::HardStop, id, read).await {
-            Some(Ok(Ok(head))) => head,
-            Some(Ok(Err(ReadError::Closed))) => return None,
-            Some(Ok(Err(ReadError::Rejected(reject)))) => {
-                return Some(refused(self.refuse(conn, End::Refused(reject)).await))
-            }
-            Some(Err(_)) => return Some(refused(self.refuse(conn, End::HeadTimeout).await)),
-            None => return Some(refused(self.refuse(conn, End::ShuttingDown).await)),
-        };
+        let (head, bytes) = self
+            .read(
+                id,
+                deadline,
+                conn.read_head(core.config.max_header_bytes),
+                End::HeadTimeout,
+            )
+            .await?;
         let request = Request::new(bytes, &head);
         self.span.request(&request);
         let client = core.admission.client(conn.peer.ip(), &request);
-        let decide = || {
-            let Verdict {
-                decision,
-                quota,
-                dry_run_refused,
-            } = core
-                .admission
-                .decide(&core.lifecycle, Instant::now(), client, &core.metrics);
-            if let Some(limit) = dry_run_refused {
-                self.span.dry_run_rejected(limit);
-            }
-            (decision, quota)
-        };
-        // What the rate limits said, for the `RateLimit` fields of the answer.
-        let mut quota = None;
         // Each request on a kept-alive connection is admitted on its own; one that is
-        // rejected, the last one allowed, or one during shutdown closes it.
+        // refused, the last one allowed, or one during shutdown closes it.
         let keep_alive = may_keep && request.wants_keep_alive && !core.shutting_down();
 
         // With `Expect: 100-continue` (and no body bytes sent yet), admission comes first:
         // a request that will be refused is answered at once, and its client never uploads
         // the body for nothing (RFC 9110 §10.1.1); an admitted one holds its place while
         // the body arrives.
-        let mut admitted = None;
-        if head.body != Body::Empty && head.expect_continue && !conn.has_buffered() {
-            let (decision, said) = decide();
-            quota = said;
-            match decision {
-                Decision::Enter(entry) => admitted = Some(entry),
-                Decision::Refuse(end) => {
-                    return Some(refused(self.refuse_with(conn, end, quota).await))
-                }
-            }
+        let early = head.body != Body::Empty && head.expect_continue && !conn.has_buffered();
+        let admitted = if early {
+            let admitted = self.admit(client, false)?;
             if !conn
                 .write_raw(http::CONTINUE, core.config.write_timeout())
                 .await
             {
-                return None;
+                return Err(Stop::Left);
             }
-        }
-        let read = timeout_at(deadline, conn.read_body(head.body));
-        match core.lifecycle.unless(Phase::HardStop, id, read).await {
-            Some(Ok(Ok(()))) => {}
-            Some(Ok(Err(ReadError::Closed))) => return None,
-            Some(Ok(Err(ReadError::Rejected(reject)))) => {
-                return Some(refused(self.refuse(conn, End::Refused(reject)).await))
-            }
-            Some(Err(_)) => return Some(refused(self.refuse(conn, End::BodyTimeout).await)),
-            None => return Some(refused(self.refuse(conn, End::ShuttingDown).await)),
-        }
-
-        let read_whole = |end| Ended {
+            Some(admitted)
+        } else {
+            None
+        };
+        self.read(id, deadline, conn.read_body(head.body), End::BodyTimeout)
+            .await?;
+        let (entry, quota) = match admitted {
+            Some(admitted) => admitted,
+            None => self.admit(client, true)?,
+        };
+        let permit = self.permit(id, entry, quota).await?;
+        let end = self
+            .process(conn, handler, &request, permit, keep_alive, quota)
+            .await;
+        Ok(Ended {
             end,
             complete: true,
             keep_alive,
-        };
-        let entry = match admitted {
-            Some(entry) => entry,
-            None => {
-                let (decision, said) = decide();
-                quota = said;
-                match decision {
-                    Decision::Enter(entry) => entry,
-                    Decision::Refuse(end) => {
-                        return Some(read_whole(self.refuse_with(conn, end, quota).await))
-                    }
-                }
+        })
+    }
+
+    /// Reads under the deadline, unless the hard stop comes first; `timed_out` is how a
+    /// request that misses the deadline ends.
+    async fn read<T>(
+        &self,
+        id: u64,
+        deadline: Instant,
+        read: impl Future<Output = Result<T, ReadError>>,
+        timed_out: End,
+    ) -> Result<T, Stop> {
+        let lifecycle = &self.core.lifecycle;
+        match lifecycle
+            .within(Phase::HardStop, id, Some(deadline), read)
+            .await
+        {
+            Waited::Done(Ok(value)) => Ok(value),
+            Waited::Done(Err(ReadError::Closed)) => Err(Stop::Left),
+            Waited::Done(Err(ReadError::Rejected(reject))) => {
+                Err(refused(End::Refused(reject), None, false))
             }
-        };
+            Waited::TimedOut => Err(refused(timed_out, None, false)),
+            Waited::Stopped => Err(refused(End::ShuttingDown, None, false)),
+        }
+    }
+
+    /// The one place admission is decided: a permit or a place, and what the rate limits
+    /// said of the request; `complete` if it has been read to its end.
+    fn admit(
+        &self,
+        client: Option<ClientId>,
+        complete: bool,
+    ) -> Result<(Entry<'a>, Option<Quota>), Stop> {
+        let core = self.core;
+        let verdict = core
+            .admission
+            .decide(&core.lifecycle, Instant::now(), client, &core.metrics);
+        if let Some(limit) = verdict.dry_run_refused {
+            self.span.dry_run_rejected(limit);
+        }
+        match verdict.decision {
+            Decision::Enter(entry) => Ok((entry, verdict.quota)),
+            Decision::Refuse(refusal) => Err(refused(refusal.into(), verdict.quota, complete)),
+        }
+    }
+
+    /// The permit, now or after a wait in the queue (within `TCPIE_QUEUE_TIMEOUT_MS`,
+    /// when set: a request still waiting then would be served too late to matter, and
+    /// gives up its place).
+    async fn permit(
+        &self,
+        id: u64,
+        entry: Entry<'a>,
+        quota: Option<Quota>,
+    ) -> Result<Permit<'a>, Stop> {
+        let core = self.core;
         let admitted_at = Instant::now();
         // The `queue` span covers the wait for a permit: empty when one was free.
         let queue_span = self.span.queue_span();
         let permit = match entry {
-            Entry::Now(permit) => Ok(permit),
+            Entry::Now(permit) => permit,
             Entry::Wait(wait) => {
+                let deadline = core.config.queue_timeout().map(|t| admitted_at + t);
                 let waiting = wait.permit().instrument(queue_span.clone());
-                // A request still waiting after TCPIE_QUEUE_TIMEOUT_MS would be served too
-                // late to matter: it gives up its place (the Wait's drop) and gets a 503.
-                let limited = async {
-                    match core.config.queue_timeout() {
-                        Some(limit) => timeout(limit, waiting).await.map_err(|_| End::QueueTimeout),
-                        None => Ok(waiting.await),
+                match core
+                    .lifecycle
+                    .within(Phase::HardStop, id, deadline, waiting)
+                    .await
+                {
+                    Waited::Done(Some(permit)) => permit,
+                    Waited::TimedOut => return Err(refused(End::QueueTimeout, quota, true)),
+                    Waited::Done(None) | Waited::Stopped => {
+                        return Err(refused(End::ShuttingDown, quota, true))
                     }
-                };
-                match core.lifecycle.unless(Phase::HardStop, id, limited).await {
-                    Some(Ok(Some(permit))) => Ok(permit),
-                    Some(Err(end)) => Err(end),
-                    Some(Ok(None)) | None => Err(End::ShuttingDown),
                 }
             }
         };
         drop(queue_span);
-        let permit = match permit {
-            Ok(permit) => permit,
-            Err(end) => return Some(read_whole(self.refuse_with(conn, end, quota).await)),
-        };
         let waited = admitted_at.elapsed();
         core.metrics.queue_wait.observe(waited.as_secs_f64());
         self.span.queued(waited);
-        let end = self
-            .process(conn, handler, &request, permit, keep_alive, quota)
-            .await;
-        Some(read_whole(end))
+        Ok(permit)
     }
 
     /// Runs the handler under the permit and writes its answer; the permit goes back once
@@ -273,12 +347,16 @@ impl Exchange<'_> {
         quota: Option<Quota>,
     ) -> End {
         let core = self.core;
-        let fields = quota.map(fields);
+        let fields = quota.map(|q| q.fields());
         let fields = fields.as_ref().map_or(&[][..], |f| f.as_bytes());
         let work = run_handler(core, handler, request).instrument(self.span.process_span());
         let limit = core.config.write_timeout();
-        let end = match core.lifecycle.unless(Phase::HardStop, conn.id, work).await {
-            Some(Ok(response)) => {
+        let end = match core
+            .lifecycle
+            .within(Phase::HardStop, conn.id, None, work)
+            .await
+        {
+            Waited::Done(Ok(response)) => {
                 let head = http::answer_head(
                     response.status,
                     response.content_type,
@@ -290,28 +368,25 @@ impl Exchange<'_> {
                     .await;
                 processed(response.status, written)
             }
-            Some(Err(())) => {
+            Waited::Done(Err(())) => {
                 let written = conn
                     .answer(&core.answers.internal_error, fields, self.head_only, limit)
                     .await;
                 processed(500, written)
             }
-            None => self.refuse_with(conn, End::ShuttingDown, quota).await,
+            Waited::TimedOut | Waited::Stopped => {
+                self.answer_refusal(conn, End::ShuttingDown, quota).await;
+                End::ShuttingDown
+            }
         };
         drop(permit);
         end
     }
 
-    /// Writes the prebuilt answer of `end` and returns `end`.
-    async fn refuse(&self, conn: &mut Conn, end: End) -> End {
-        self.refuse_with(conn, end, None).await
-    }
-
-    /// Writes the prebuilt answer of `end`, with the `RateLimit` fields of `quota`, and
-    /// returns `end`.
-    async fn refuse_with(&self, conn: &mut Conn, end: End, quota: Option<Quota>) -> End {
+    /// Writes the prebuilt answer of a refusal, with the `RateLimit` fields of `quota`.
+    async fn answer_refusal(&self, conn: &mut Conn, end: End, quota: Option<Quota>) {
         if let Some(answer) = end.answer(&self.core.answers) {
-            let fields = quota.map(fields);
+            let fields = quota.map(|q| q.fields());
             let fields = fields.as_ref().map_or(&[][..], |f| f.as_bytes());
             conn.answer(
                 &answer,
@@ -321,19 +396,7 @@ impl Exchange<'_> {
             )
             .await;
         }
-        end
     }
-}
-
-/// The `RateLimit-Policy` and `RateLimit` fields of what a rate limit said.
-fn fields(quota: Quota) -> http::RateLimitFields {
-    http::RateLimitFields::new(
-        quota.limit.as_str(),
-        quota.burst,
-        quota.window,
-        quota.remaining,
-        quota.full_in,
-    )
 }
 
 fn processed(status: u16, written: bool) -> End {

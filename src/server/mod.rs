@@ -2,21 +2,22 @@
 //! each in its own connection's task.
 //!
 //! The parts, one file each:
-//! - [`accept`]: the accept loop: the connection cap, accept errors and their backoff.
+//! - [`accept`]: the accept loop: the connection cap, the idle set of silent
+//!   connections, accept errors and their backoff.
 //! - [`connection`]: one connection's bytes: read a head and a body under a deadline,
 //!   write an answer with its `Date`, close gracefully.
-//! - [`admission`]: the token bucket, then a permit or a place in the queue
-//!   ([`crate::pool`]): a decision, with the permit as an RAII guard.
+//! - [`exchange`]: one connection's requests from first byte to close, as steps.
 //! - [`ending`]: every way a request ends (outcome, status, prebuilt answer), and the one
 //!   `finish` that counts and traces it.
-//! - [`exchange`]: one connection's requests from first byte to close, in that order.
+//! - [`descriptors`]: the open-file budget that sets the connection cap.
 //!
-//! The lifecycle (running, stopping, draining, hard stop) is [`crate::lifecycle`]; what a
-//! request means is [`crate::handler`]; the wire format is [`crate::http`].
+//! Whether a request enters is [`crate::admission`]'s; the lifecycle (running, stopping,
+//! draining, hard stop) is [`crate::lifecycle`]'s; what a request means is the
+//! [`crate::Handler`]'s; the wire format is [`crate::http`]'s.
 
 mod accept;
-mod admission;
 mod connection;
+pub mod descriptors;
 mod ending;
 mod exchange;
 
@@ -26,13 +27,13 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
+use crate::admission::pool::Pool;
+use crate::admission::Admission;
 use crate::config::Config;
 use crate::lifecycle::{Lifecycle, Phase};
 use crate::metrics::Metrics;
-use crate::pool::Pool;
 
 pub(crate) use accept::{accept_loop, AcceptErrors};
-pub(crate) use admission::Admission;
 pub(crate) use ending::Answers;
 
 /// State shared by the accept loop, the connections and the admin server.
@@ -43,7 +44,7 @@ pub(crate) struct Core {
     pub lifecycle: Lifecycle,
     pub answers: Answers,
     next_connection_id: AtomicU64,
-    /// `TCPIE_MAX_CONNECTIONS` permits, shared by the accept loops.
+    /// `TCPIE_MAX_CONNECTIONS` permits, taken by the accept loop before each accept.
     connection_cap: Arc<Semaphore>,
     /// The TCP port, for the `server.port` span attribute.
     pub server_port: u16,
@@ -70,10 +71,9 @@ impl Core {
         self.admission.pool()
     }
 
-    /// Tokens in the bucket now; with rate limiting off, the bucket is "infinite" and
-    /// this reports 0 so dashboards do not plot a meaningless figure.
+    /// Tokens in the global bucket now (0 with rate limiting off).
     pub fn tokens(&self, now: Instant) -> f64 {
-        self.admission.tokens(now)
+        self.admission.limits().tokens(now)
     }
 
     /// Whether a stop signal has arrived.

@@ -109,7 +109,7 @@ impl TestServer {
         let (_, text) = self.admin("/metrics").await;
         let accepted = metric_value(&text, "tcpie_connections_accepted_total").unwrap();
         let before = metric_value(&text, "tcpie_connections_closed_before_request_total").unwrap();
-        let outcomes: f64 = tcpie::Outcome::ALL
+        let outcomes: f64 = tcpie::internal::Outcome::ALL
             .iter()
             .map(|o| {
                 metric_value(

@@ -23,29 +23,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{timeout, timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
 
-/// Batching limits; the defaults are the OpenTelemetry specification's.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BatchSettings {
-    /// Spans held while waiting for export (`OTEL_BSP_MAX_QUEUE_SIZE`).
-    pub max_queue_size: usize,
-    /// Spans per export call (`OTEL_BSP_MAX_EXPORT_BATCH_SIZE`).
-    pub max_batch_size: usize,
-    /// Longest wait before a partial batch is sent (`OTEL_BSP_SCHEDULE_DELAY`).
-    pub schedule_delay: Duration,
-    /// Longest one export call may take (`OTEL_EXPORTER_OTLP_TIMEOUT`).
-    pub export_timeout: Duration,
-}
-
-impl Default for BatchSettings {
-    fn default() -> Self {
-        BatchSettings {
-            max_queue_size: 2048,
-            max_batch_size: 512,
-            schedule_delay: Duration::from_millis(5000),
-            export_timeout: Duration::from_millis(10_000),
-        }
-    }
-}
+use crate::config::BatchSettings;
 
 /// The span processor installed in the tracer provider.
 #[derive(Debug)]

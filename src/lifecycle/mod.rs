@@ -8,8 +8,14 @@
 //! The request path reads the phase with one atomic load. A connection registers to be
 //! woken by a change only when it actually waits (a future that is not ready on its
 //! first poll), so a request served without waiting never touches a waiter list; and the
-//! waiter lists are sharded by connection, so no lock is shared by all connections. This module does not decide what each phase does; `crate::run` and the server
-//! do.
+//! waiter lists are sharded by connection, so no lock is shared by all connections.
+//!
+//! Also here: the signals that start a stop ([`signals`]) and the stop sequence itself
+//! ([`stop`]), which moves the phases on. What each phase means to a connection is the
+//! server's.
+
+pub mod signals;
+pub(crate) mod stop;
 
 use std::future::{poll_fn, Future};
 use std::pin::{pin, Pin};
@@ -18,6 +24,18 @@ use std::task::Poll;
 
 use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
+use tokio::time::{timeout_at, Instant};
+
+/// How a wait under the lifecycle ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Waited<T> {
+    /// What was waited for came first.
+    Done(T),
+    /// The deadline passed first.
+    TimedOut,
+    /// The phase was reached first.
+    Stopped,
+}
 
 /// Where the server is in its life; phases only move forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -77,6 +95,27 @@ impl Lifecycle {
                 return;
             }
             notified.await;
+        }
+    }
+
+    /// Runs `fut` until `deadline` (if any), unless (or until) `phase` is reached.
+    pub async fn within<F: Future>(
+        &self,
+        phase: Phase,
+        key: u64,
+        deadline: Option<Instant>,
+        fut: F,
+    ) -> Waited<F::Output> {
+        let limited = async {
+            match deadline {
+                Some(at) => timeout_at(at, fut).await.ok(),
+                None => Some(fut.await),
+            }
+        };
+        match self.unless(phase, key, limited).await {
+            Some(Some(out)) => Waited::Done(out),
+            Some(None) => Waited::TimedOut,
+            None => Waited::Stopped,
         }
     }
 
@@ -152,6 +191,27 @@ mod tests {
         assert_eq!(waiter.await.unwrap(), None);
         // Once reached, nothing runs.
         assert_eq!(l.unless(Phase::HardStop, 1, async { 7 }).await, None);
+    }
+
+    #[tokio::test]
+    async fn within_says_what_came_first() {
+        pause();
+        let l = Lifecycle::new();
+        let soon = Some(Instant::now() + Duration::from_secs(1));
+        assert_eq!(
+            l.within(Phase::HardStop, 1, soon, async { 7 }).await,
+            Waited::Done(7)
+        );
+        let slow = sleep(Duration::from_secs(5));
+        assert_eq!(
+            l.within(Phase::HardStop, 1, soon, slow).await,
+            Waited::TimedOut
+        );
+        l.advance(Phase::HardStop);
+        assert_eq!(
+            l.within(Phase::HardStop, 1, None, async { 7 }).await,
+            Waited::Stopped
+        );
     }
 
     #[tokio::test]

@@ -1,13 +1,13 @@
 //! Each client's own token bucket, in a table of bounded size (`TCPIE_CLIENT_TABLE_SIZE`).
 //!
-//! A client is stored as the 64-bit hash of its identity ([`crate::client_key`]) under a
+//! A client is stored as the 64-bit hash of its identity ([`super::client_key`]) under a
 //! key drawn at random when the process starts (SipHash, std's `RandomState`): a client
 //! cannot choose identities that collide, and the table never holds a raw header value.
 //! Two distinct clients share a bucket only if their hashes collide by chance (about
 //! one pair in 3 × 10^9 with a full table of 100,000).
 //!
 //! What a client costs: its hash and its bucket's TAT (the same GCRA arithmetic as the
-//! global bucket, [`crate::ratelimit::Gcra`]), 16 bytes, its two neighbours in a
+//! global bucket, [`super::gcra::Gcra`]), 16 bytes, its two neighbours in a
 //! least-recently-seen list, 8 bytes, plus 2 to 4 buckets of 8 bytes in the index: 40 to 56 bytes (45 at the
 //! default size, measured by `tests/client_table_memory.rs`). Both are allocated once at
 //! start and never grow.
@@ -27,8 +27,8 @@ use std::time::Duration;
 use prometheus::IntCounter;
 use tokio::time::Instant;
 
-use crate::client_key::Identity;
-use crate::ratelimit::{nanos_since, Gcra};
+use super::client_key::Identity;
+use super::gcra::{nanos_since, Gcra};
 
 /// No neighbour.
 const NIL: u32 = u32::MAX;

@@ -13,9 +13,9 @@ use tracing::field::Empty;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use super::REQUEST_TARGET;
 use crate::handler::Request;
 use crate::metrics::Outcome;
-use crate::telemetry::REQUEST_TARGET;
 
 /// The server span of one request.
 #[derive(Clone)]
@@ -86,7 +86,7 @@ impl RequestSpan {
     }
 
     /// A rate limit would have refused the request, which dry run serves.
-    pub fn dry_run_rejected(&self, limit: crate::metrics::Limit) {
+    pub fn dry_run_rejected(&self, limit: crate::ratelimit::Limit) {
         if !self.0.is_disabled() {
             self.0
                 .record("tcpie.rate_limit.dry_run_rejected", limit.as_str());

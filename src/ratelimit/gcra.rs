@@ -25,7 +25,7 @@ const MAX_INTERVAL_NS: u64 = 1_000_000_000_000_000;
 
 /// The arithmetic of one bucket (capacity and refill), apart from where its state lives:
 /// the global bucket keeps its TAT in an atomic, each client's in the client table
-/// ([`crate::clients`]). Both use exactly this, so a client's bucket is as exact as the
+/// (`ratelimit::client_table`). Both use exactly this, so a client's bucket is as exact as the
 /// global one.
 #[derive(Debug, Clone, Copy)]
 pub struct Gcra {

@@ -11,7 +11,7 @@
 //! of sizes, extensions and trailers (else 413). Extensions are skipped; trailer fields
 //! must be well-formed field lines and are ignored.
 
-use crate::http::{is_tchar, Reject, MAX_BODY_BYTES};
+use super::{is_tchar, Reject, MAX_BODY_BYTES};
 
 /// Most bytes of chunk-size lines, extensions and trailer fields in one body.
 pub const MAX_FRAMING_BYTES: usize = 64 * 1024;

@@ -2,7 +2,7 @@
 //! exits at once.
 //!
 //! This module only turns signals into a future; what a graceful shutdown does is the
-//! sequence in [`crate::run`].
+//! stop sequence (`lifecycle::stop`).
 
 use std::future::Future;
 
@@ -16,7 +16,7 @@ pub const FORCED_EXIT_CODE: i32 = 143;
 ///
 /// After that, another SIGTERM or SIGINT ends the process immediately with
 /// [`FORCED_EXIT_CODE`]: an operator who asks twice means it.
-pub fn signals() -> std::io::Result<impl Future<Output = ()>> {
+pub fn install() -> std::io::Result<impl Future<Output = ()>> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let (first_tx, first_rx) = oneshot::channel::<()>();

@@ -1,91 +1,17 @@
-//! Which client a request comes from, for the per-client rate limit: the
-//! `TCPIE_CLIENT_KEY` setting, and the bytes that name a client in a request.
+//! Which client a request comes from, for the per-client rate limit: the bytes that name
+//! a client in a request, under the `TCPIE_CLIENT_KEY` setting ([`ClientKey`]).
 //!
 //! A client is named by its address (the peer's, or the one a trusted proxy recorded) or
 //! by a header's value. Addresses are normalised first: an IPv4 address seen as an
 //! IPv4-mapped IPv6 one is the same client, and IPv6 addresses are grouped by /64, the
 //! block one subscriber usually holds (one host can pick any address in it). The result
-//! is only ever hashed ([`crate::clients`]): no raw value leaves this module, so a header
+//! is only ever hashed ([`super::client_table`]): no raw value leaves this module, so a header
 //! that carries a credential is never logged, traced or exported.
 
-use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
 
-use serde::Deserialize;
-
-use crate::config::Shown;
+use crate::config::{ClientKey, Forwarded};
 use crate::handler::Request;
-use crate::http::is_tchar;
-
-/// How requests are grouped into clients (`TCPIE_CLIENT_KEY`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
-pub enum ClientKey {
-    /// No per-client limit: only the global bucket.
-    None,
-    /// The peer's IP address (IPv6 by /64).
-    Peer,
-    /// A request header's value (the name as configured); the peer's address when a
-    /// request has none.
-    Header(Box<str>),
-    /// The address the proxies recorded, `TCPIE_TRUSTED_HOPS` entries from the right.
-    Forwarded(Forwarded),
-}
-
-/// Which header the proxies in front of TCPie record the client's address in. Each key
-/// reads only its own header: a proxy that appends to one does not remove a forged copy
-/// of the other.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Forwarded {
-    /// `X-Forwarded-For` (nginx, HAProxy, Envoy, cloud load balancers): `forwarded`.
-    XForwardedFor,
-    /// RFC 7239 `Forwarded`, its `for=` parameters: `forwarded:rfc7239`.
-    Rfc7239,
-}
-
-impl ClientKey {
-    /// The values `TCPIE_CLIENT_KEY` accepts, for error messages.
-    pub const EXPECTED: &'static str =
-        "none, peer, header:NAME (such as header:X-Api-Key), forwarded (X-Forwarded-For) or \
-         forwarded:rfc7239 (the Forwarded header)";
-}
-
-impl TryFrom<String> for ClientKey {
-    type Error = String;
-
-    fn try_from(value: String) -> Result<ClientKey, String> {
-        match value.as_str() {
-            "none" => Ok(ClientKey::None),
-            "peer" => Ok(ClientKey::Peer),
-            "forwarded" => Ok(ClientKey::Forwarded(Forwarded::XForwardedFor)),
-            "forwarded:rfc7239" => Ok(ClientKey::Forwarded(Forwarded::Rfc7239)),
-            other => match other.strip_prefix("header:") {
-                Some(name) if !name.is_empty() && name.bytes().all(is_tchar) => {
-                    Ok(ClientKey::Header(name.into()))
-                }
-                _ => Err(format!("expected {}", ClientKey::EXPECTED)),
-            },
-        }
-    }
-}
-
-impl fmt::Display for ClientKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ClientKey::None => f.write_str("none"),
-            ClientKey::Peer => f.write_str("peer"),
-            ClientKey::Header(name) => write!(f, "header:{name}"),
-            ClientKey::Forwarded(Forwarded::XForwardedFor) => f.write_str("forwarded"),
-            ClientKey::Forwarded(Forwarded::Rfc7239) => f.write_str("forwarded:rfc7239"),
-        }
-    }
-}
-
-impl Shown for ClientKey {
-    fn shown(&self) -> String {
-        self.to_string()
-    }
-}
 
 /// What names one client, ready to hash. Kinds never collide: an address and a header
 /// value with the same bytes are different clients.

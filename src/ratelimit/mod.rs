@@ -1,0 +1,193 @@
+//! Rate limiting: whether a request may enter at all (429 otherwise), and what the limits
+//! tell the client.
+//!
+//! The parts:
+//! - [`gcra`]: the token bucket as a theoretical arrival time, the arithmetic of every
+//!   bucket (the global one, each client's), with no clock and no lock.
+//! - [`client_key`]: the bytes that name a client in a request (`TCPIE_CLIENT_KEY`).
+//! - [`client_table`]: each client's bucket, in a bounded, sharded table.
+//! - [`quota`]: which limit refused ([`Limit`]), the `RateLimit` fields and the `429`
+//!   answers.
+//!
+//! [`RateLimits`] asks the client's bucket, then the global one, and says which refused
+//! and what to report; what a refusal does next (the answer, the metrics) belongs to
+//! admission, which also asks the worker pool.
+
+pub(crate) mod client_key;
+pub(crate) mod client_table;
+pub(crate) mod gcra;
+mod quota;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::config::{ClientKey, Config};
+use crate::handler::Request;
+use client_table::{ClientId, ClientTable};
+use gcra::{Gcra, TokenBucket};
+
+pub use quota::Limit;
+pub(crate) use quota::{Quota, TooMany};
+
+/// The global bucket and the clients' buckets, as configured.
+pub(crate) struct RateLimits {
+    bucket: Option<TokenBucket>,
+    clients: Option<Clients>,
+    /// `TCPIE_RATE_LIMIT_DRY_RUN`: decide and count, but refuse nothing.
+    pub dry_run: bool,
+    /// `RateLimit` fields on every answer, not only on 429.
+    headers: bool,
+}
+
+/// The per-client limit: how clients are named, and their buckets.
+struct Clients {
+    key: ClientKey,
+    trusted_hops: u32,
+    table: ClientTable,
+}
+
+/// What the rate limits said of one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Said {
+    /// The limit that refused it, and how long until it would not.
+    pub refused: Option<(Limit, Duration)>,
+    /// What to report: on a refusal, and on every answer with `TCPIE_RATE_LIMIT_HEADERS`.
+    pub quota: Option<Quota>,
+}
+
+impl RateLimits {
+    /// The limits of `config`; clients dropped from the table are counted in `refilled`
+    /// and `evicted`.
+    pub fn new(
+        config: &Config,
+        now: Instant,
+        refilled: prometheus::IntCounter,
+        evicted: prometheus::IntCounter,
+    ) -> RateLimits {
+        let clients = (config.client_key != ClientKey::None).then(|| Clients {
+            key: config.client_key.clone(),
+            trusted_hops: config.trusted_hops,
+            table: ClientTable::new(
+                config.client_rate_per_second,
+                config.client_burst,
+                config.client_table_size,
+                now,
+                refilled,
+                evicted,
+            ),
+        });
+        RateLimits {
+            bucket: config
+                .rate_limited()
+                .then(|| TokenBucket::new(config.rate_per_second, config.burst, now)),
+            clients,
+            dry_run: config.rate_limit_dry_run,
+            headers: config.rate_limit_headers,
+        }
+    }
+
+    /// Tokens in the global bucket now; 0 with rate limiting off, so that dashboards do
+    /// not plot a meaningless figure.
+    pub fn tokens(&self, now: Instant) -> f64 {
+        self.bucket.as_ref().map_or(0.0, |b| b.available(now))
+    }
+
+    /// Clients tracked now (0 without a per-client limit).
+    pub fn clients_tracked(&self) -> usize {
+        self.clients.as_ref().map_or(0, |c| c.table.len())
+    }
+
+    /// The size of the client table (0 without a per-client limit).
+    pub fn client_table_size(&self) -> usize {
+        self.clients.as_ref().map_or(0, |c| c.table.size())
+    }
+
+    /// The client that sent `request` over a connection from `peer`, hashed; `None`
+    /// without a per-client limit.
+    pub fn client(&self, peer: IpAddr, request: &Request) -> Option<ClientId> {
+        let clients = self.clients.as_ref()?;
+        let identity = client_key::identify(&clients.key, clients.trusted_hops, peer, request)?;
+        Some(clients.table.id(&identity))
+    }
+
+    /// The client's bucket, then the global one. A request refused by its own bucket
+    /// spends nothing of the global one, and one the global bucket refuses is not
+    /// charged to its client: a client pays only for what it is served.
+    pub fn check(&self, now: Instant, client: Option<ClientId>) -> Said {
+        let global_quota = |bucket: &TokenBucket, tat| {
+            let (remaining, full_in) = bucket.state(tat, now);
+            quota(Limit::Global, bucket.gcra(), remaining, full_in)
+        };
+        let said = |refused, quota| Said { refused, quota };
+        let (Some(clients), Some(id)) = (&self.clients, client) else {
+            // The global bucket alone: the path every request took before per-client
+            // limits, with nothing more to do unless the fields are wanted.
+            let Some(bucket) = &self.bucket else {
+                return said(None, None);
+            };
+            return match bucket.take(now) {
+                Ok(tat) => said(None, self.headers.then(|| global_quota(bucket, Some(tat)))),
+                Err(wait) => said(
+                    Some((Limit::Global, wait)),
+                    Some(global_quota(bucket, None)),
+                ),
+            };
+        };
+        // The global bucket is asked while the client's state is held, so that a client
+        // is charged only when both agree.
+        let mut global = None;
+        let taken = clients.table.take(id, now, || match &self.bucket {
+            None => true,
+            Some(bucket) => {
+                let result = bucket.take(now);
+                let ok = result.is_ok();
+                global = Some(result);
+                ok
+            }
+        });
+        let gcra = clients.table.gcra();
+        match (taken, global) {
+            (Err(refused), _) => said(
+                Some((Limit::Client, refused.wait)),
+                Some(quota(Limit::Client, gcra, 0, refused.full_in)),
+            ),
+            (Ok(_), Some(Err(wait))) => {
+                let bucket = self.bucket.as_ref().map(|b| global_quota(b, None));
+                said(Some((Limit::Global, wait)), bucket)
+            }
+            (Ok(taken), global) => {
+                if !self.headers {
+                    return said(None, None);
+                }
+                // Admitted by both: report the one closer to refusing (fewer tokens
+                // left; on a tie, the one that takes longer to refill).
+                let (remaining, full_in) = taken.map_or((gcra.burst(), Duration::ZERO), |t| {
+                    (t.remaining(gcra), t.full_in())
+                });
+                let client = quota(Limit::Client, gcra, remaining, full_in);
+                let global = match (&self.bucket, global) {
+                    (Some(bucket), Some(Ok(tat))) => Some(global_quota(bucket, Some(tat))),
+                    _ => None,
+                };
+                match global {
+                    Some(g) if (g.remaining, client.full_in) < (client.remaining, g.full_in) => {
+                        said(None, Some(g))
+                    }
+                    _ => said(None, Some(client)),
+                }
+            }
+        }
+    }
+}
+
+fn quota(limit: Limit, gcra: &Gcra, remaining: u32, full_in: Duration) -> Quota {
+    Quota {
+        limit,
+        burst: gcra.burst(),
+        window: gcra.window(),
+        remaining,
+        full_in,
+    }
+}
