@@ -20,6 +20,7 @@ if [ ! -x target/venv-plot/bin/python ]; then
   python3 -m venv target/venv-plot
   target/venv-plot/bin/pip install -q --disable-pip-version-check matplotlib==3.11.2
 fi
-cargo build --release --locked --bin tcpie --example paced --example slow_backend
+cargo build --release --locked --example paced --example slow_backend
+cargo build --release --locked --bin tcpie
 ulimit -n 30000 2>/dev/null || true
 exec target/venv-plot/bin/python bench/overload.py "$@"

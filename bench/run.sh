@@ -17,6 +17,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 # nginx-light's and haproxy's packages may start system services; the suite runs its own.
-cargo build --release --locked --bin tcpie --example bare
+# The examples first and the binary on its own: built together, the binary would get the
+# features the examples' dev-dependencies enable (regex's unicode tables, say), and not be
+# the binary users run.
+cargo build --release --locked --example bare
+cargo build --release --locked --bin tcpie
 ulimit -n 30000 2>/dev/null || true
 exec python3 bench/run.py "$@"

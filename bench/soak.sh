@@ -4,5 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v wrk >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
-cargo build --release --locked --bin tcpie --example bare
+cargo build --release --locked --example bare
+cargo build --release --locked --bin tcpie
 exec python3 bench/soak.py

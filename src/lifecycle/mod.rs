@@ -24,7 +24,7 @@ use std::task::Poll;
 
 use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
-use tokio::time::{timeout_at, Instant};
+use tokio::time::{sleep_until, Instant};
 
 /// How a wait under the lifecycle ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -99,6 +99,11 @@ impl Lifecycle {
     }
 
     /// Runs `fut` until `deadline` (if any), unless (or until) `phase` is reached.
+    ///
+    /// `fut` is polled first, before the deadline and without any registration: a future
+    /// ready at once (a request whose bytes are already there, a handler that answers
+    /// without waiting) never arms a timer nor touches a waiter list. Only a future that
+    /// waits registers for phase changes, in the list `key` (a connection id) picks.
     pub async fn within<F: Future>(
         &self,
         phase: Phase,
@@ -106,41 +111,27 @@ impl Lifecycle {
         deadline: Option<Instant>,
         fut: F,
     ) -> Waited<F::Output> {
-        let limited = async {
-            match deadline {
-                Some(at) => timeout_at(at, fut).await.ok(),
-                None => Some(fut.await),
-            }
-        };
-        match self.unless(phase, key, limited).await {
-            Some(Some(out)) => Waited::Done(out),
-            Some(None) => Waited::TimedOut,
-            None => Waited::Stopped,
-        }
-    }
-
-    /// Runs `fut` unless (or until) `phase` is reached: `None` if it was first.
-    ///
-    /// `fut` is polled first without any registration: a future ready at once (a request
-    /// whose bytes are already there, a handler that answers without waiting) never
-    /// touches a waiter list. Only a future that waits registers for phase changes, in
-    /// the list `key` (a connection id) picks.
-    pub async fn unless<F: Future>(&self, phase: Phase, key: u64, fut: F) -> Option<F::Output> {
         if self.reached(phase) {
-            return None;
+            return Waited::Stopped;
         }
         let mut fut = pin!(fut);
+        let mut timer = pin!(deadline.map(sleep_until));
         let mut change: Option<Pin<Box<Notified<'_>>>> = None;
         poll_fn(|cx| {
             if let Poll::Ready(out) = fut.as_mut().poll(cx) {
-                return Poll::Ready(Some(out));
+                return Poll::Ready(Waited::Done(out));
+            }
+            if let Some(timer) = timer.as_mut().as_pin_mut() {
+                if timer.poll(cx).is_ready() {
+                    return Poll::Ready(Waited::TimedOut);
+                }
             }
             loop {
                 // Created before the phase is read again, so that an advance in between is
                 // not missed (a Notified counts the notifications made after its creation).
                 let notified = change.get_or_insert_with(|| Box::pin(self.shard(key).notified()));
                 if self.reached(phase) {
-                    return Poll::Ready(None);
+                    return Poll::Ready(Waited::Stopped);
                 }
                 match notified.as_mut().poll(cx) {
                     Poll::Pending => return Poll::Pending,
@@ -174,11 +165,12 @@ mod tests {
     async fn a_ready_future_runs_and_a_waiting_one_is_cut_short() {
         pause();
         let l = Arc::new(Lifecycle::new());
-        assert_eq!(l.unless(Phase::HardStop, 1, async { 7 }).await, Some(7));
+        let done = l.within(Phase::HardStop, 1, None, async { 7 }).await;
+        assert_eq!(done, Waited::Done(7));
         let waiter = {
             let l = l.clone();
             tokio::spawn(async move {
-                l.unless(Phase::HardStop, 5, sleep(Duration::from_secs(3600)))
+                l.within(Phase::HardStop, 5, None, sleep(Duration::from_secs(3600)))
                     .await
             })
         };
@@ -188,9 +180,10 @@ mod tests {
         sleep(Duration::from_millis(10)).await;
         assert!(!waiter.is_finished());
         l.advance(Phase::HardStop);
-        assert_eq!(waiter.await.unwrap(), None);
+        assert_eq!(waiter.await.unwrap(), Waited::Stopped);
         // Once reached, nothing runs.
-        assert_eq!(l.unless(Phase::HardStop, 1, async { 7 }).await, None);
+        let done = l.within(Phase::HardStop, 1, None, async { 7 }).await;
+        assert_eq!(done, Waited::Stopped);
     }
 
     #[tokio::test]

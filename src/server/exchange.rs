@@ -10,7 +10,6 @@
 //! `Expect: 100-continue` request). Phase changes reach a request only where it waits
 //! (see [`crate::lifecycle`]): past the drain deadline, whatever is left is answered 503.
 
-use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
@@ -21,7 +20,7 @@ use tracing::Instrument;
 use super::connection::{Conn, ReadError};
 use super::ending::{finish, End};
 use super::Core;
-use crate::admission::pool::{Entry, Permit};
+use crate::admission::pool::{Entry, Permit, Wait};
 use crate::admission::Decision;
 use crate::handler::{Handler, Request, Response};
 use crate::http::{self, Body};
@@ -103,8 +102,24 @@ pub(crate) async fn serve<H: Handler>(
             core.config.keep_alive && served + 1 < core.config.max_requests_per_connection;
         // Boxed: only a request in progress needs this state, so the connection's task
         // stays small (it is copied when spawned, and kept while idle).
-        let ended = Box::pin(exchange.run(&mut conn, &*handler, started + read_timeout, may_keep));
-        let ended = ended.await;
+        let steps = exchange.steps(&mut conn, &*handler, started + read_timeout, may_keep);
+        let ended = match Box::pin(steps).await {
+            Ok(ended) => Some(ended),
+            Err(Stop::Left) => None,
+            Err(Stop::Refused {
+                end,
+                quota,
+                complete,
+            }) => {
+                // Boxed like the steps: the connection's task keeps no room for it.
+                Box::pin(exchange.answer_refusal(&mut conn, end, quota)).await;
+                Some(Ended {
+                    end,
+                    complete,
+                    keep_alive: false,
+                })
+            }
+        };
         served += 1;
         let Some(ended) = ended else {
             if first {
@@ -167,33 +182,6 @@ struct Exchange<'a> {
 }
 
 impl<'a> Exchange<'a> {
-    /// The exchange's steps, and the answer to a refusal; `None` when the client left
-    /// before its request was complete.
-    async fn run<H: Handler>(
-        &self,
-        conn: &mut Conn,
-        handler: &H,
-        deadline: Instant,
-        may_keep: bool,
-    ) -> Option<Ended> {
-        match self.steps(conn, handler, deadline, may_keep).await {
-            Ok(ended) => Some(ended),
-            Err(Stop::Left) => None,
-            Err(Stop::Refused {
-                end,
-                quota,
-                complete,
-            }) => {
-                self.answer_refusal(conn, end, quota).await;
-                Some(Ended {
-                    end,
-                    complete,
-                    keep_alive: false,
-                })
-            }
-        }
-    }
-
     /// Head, body, admission, a permit, processing, answer.
     async fn steps<H: Handler>(
         &self,
@@ -204,14 +192,12 @@ impl<'a> Exchange<'a> {
     ) -> Result<Ended, Stop> {
         let core = self.core;
         let id = conn.id;
-        let (head, bytes) = self
-            .read(
-                id,
-                deadline,
-                conn.read_head(core.config.max_header_bytes),
-                End::HeadTimeout,
-            )
-            .await?;
+        let lifecycle = &core.lifecycle;
+        let head = conn.read_head(core.config.max_header_bytes);
+        let read = lifecycle
+            .within(Phase::HardStop, id, Some(deadline), head)
+            .await;
+        let (head, bytes) = read_or_stop(read, End::HeadTimeout)?;
         let request = Request::new(bytes, &head);
         self.span.request(&request);
         let client = core.admission.client(conn.peer.ip(), &request);
@@ -236,13 +222,26 @@ impl<'a> Exchange<'a> {
         } else {
             None
         };
-        self.read(id, deadline, conn.read_body(head.body), End::BodyTimeout)
-            .await?;
+        let body = conn.read_body(head.body);
+        let read = lifecycle
+            .within(Phase::HardStop, id, Some(deadline), body)
+            .await;
+        read_or_stop(read, End::BodyTimeout)?;
         let (entry, quota) = match admitted {
             Some(admitted) => admitted,
             None => self.admit(client, true)?,
         };
-        let permit = self.permit(id, entry, quota).await?;
+        let admitted_at = Instant::now();
+        // The `queue` span covers the wait for a permit: empty when one was free.
+        let queue_span = self.span.queue_span();
+        let permit = match entry {
+            Entry::Now(permit) => permit,
+            Entry::Wait(wait) => self.wait(id, wait, admitted_at, &queue_span, quota).await?,
+        };
+        drop(queue_span);
+        let waited = admitted_at.elapsed();
+        core.metrics.queue_wait.observe(waited.as_secs_f64());
+        self.span.queued(waited);
         let end = self
             .process(conn, handler, &request, permit, keep_alive, quota)
             .await;
@@ -251,30 +250,6 @@ impl<'a> Exchange<'a> {
             complete: true,
             keep_alive,
         })
-    }
-
-    /// Reads under the deadline, unless the hard stop comes first; `timed_out` is how a
-    /// request that misses the deadline ends.
-    async fn read<T>(
-        &self,
-        id: u64,
-        deadline: Instant,
-        read: impl Future<Output = Result<T, ReadError>>,
-        timed_out: End,
-    ) -> Result<T, Stop> {
-        let lifecycle = &self.core.lifecycle;
-        match lifecycle
-            .within(Phase::HardStop, id, Some(deadline), read)
-            .await
-        {
-            Waited::Done(Ok(value)) => Ok(value),
-            Waited::Done(Err(ReadError::Closed)) => Err(Stop::Left),
-            Waited::Done(Err(ReadError::Rejected(reject))) => {
-                Err(refused(End::Refused(reject), None, false))
-            }
-            Waited::TimedOut => Err(refused(timed_out, None, false)),
-            Waited::Stopped => Err(refused(End::ShuttingDown, None, false)),
-        }
     }
 
     /// The one place admission is decided: a permit or a place, and what the rate limits
@@ -297,42 +272,29 @@ impl<'a> Exchange<'a> {
         }
     }
 
-    /// The permit, now or after a wait in the queue (within `TCPIE_QUEUE_TIMEOUT_MS`,
-    /// when set: a request still waiting then would be served too late to matter, and
-    /// gives up its place).
-    async fn permit(
+    /// A wait in the queue for a permit, within `TCPIE_QUEUE_TIMEOUT_MS` when set: a
+    /// request still waiting then would be served too late to matter, and gives up its
+    /// place.
+    async fn wait(
         &self,
         id: u64,
-        entry: Entry<'a>,
+        wait: Wait<'a>,
+        admitted_at: Instant,
+        queue_span: &tracing::Span,
         quota: Option<Quota>,
     ) -> Result<Permit<'a>, Stop> {
         let core = self.core;
-        let admitted_at = Instant::now();
-        // The `queue` span covers the wait for a permit: empty when one was free.
-        let queue_span = self.span.queue_span();
-        let permit = match entry {
-            Entry::Now(permit) => permit,
-            Entry::Wait(wait) => {
-                let deadline = core.config.queue_timeout().map(|t| admitted_at + t);
-                let waiting = wait.permit().instrument(queue_span.clone());
-                match core
-                    .lifecycle
-                    .within(Phase::HardStop, id, deadline, waiting)
-                    .await
-                {
-                    Waited::Done(Some(permit)) => permit,
-                    Waited::TimedOut => return Err(refused(End::QueueTimeout, quota, true)),
-                    Waited::Done(None) | Waited::Stopped => {
-                        return Err(refused(End::ShuttingDown, quota, true))
-                    }
-                }
-            }
-        };
-        drop(queue_span);
-        let waited = admitted_at.elapsed();
-        core.metrics.queue_wait.observe(waited.as_secs_f64());
-        self.span.queued(waited);
-        Ok(permit)
+        let deadline = core.config.queue_timeout().map(|t| admitted_at + t);
+        let waiting = wait.permit().instrument(queue_span.clone());
+        match core
+            .lifecycle
+            .within(Phase::HardStop, id, deadline, waiting)
+            .await
+        {
+            Waited::Done(Some(permit)) => Ok(permit),
+            Waited::TimedOut => Err(refused(End::QueueTimeout, quota, true)),
+            Waited::Done(None) | Waited::Stopped => Err(refused(End::ShuttingDown, quota, true)),
+        }
     }
 
     /// Runs the handler under the permit and writes its answer; the permit goes back once
@@ -396,6 +358,20 @@ impl<'a> Exchange<'a> {
             )
             .await;
         }
+    }
+}
+
+/// What a read under the deadline and the lifecycle comes to: the value, or how the
+/// exchange stops (`timed_out` is the end of a request that misses the deadline).
+fn read_or_stop<T>(read: Waited<Result<T, ReadError>>, timed_out: End) -> Result<T, Stop> {
+    match read {
+        Waited::Done(Ok(value)) => Ok(value),
+        Waited::Done(Err(ReadError::Closed)) => Err(Stop::Left),
+        Waited::Done(Err(ReadError::Rejected(reject))) => {
+            Err(refused(End::Refused(reject), None, false))
+        }
+        Waited::TimedOut => Err(refused(timed_out, None, false)),
+        Waited::Stopped => Err(refused(End::ShuttingDown, None, false)),
     }
 }
 
