@@ -22,7 +22,7 @@ RUN cargo build --release --locked && strip target/release/tcpie
 
 # Runtime stage: distroless (glibc, CA certificates, no shell), non-root.
 FROM gcr.io/distroless/cc-debian12:nonroot
-ARG VERSION=0.1.0
+ARG VERSION=0.2.0
 LABEL org.opencontainers.image.title="tcpie" \
       org.opencontainers.image.description="An admission-controlled TCP server: token-bucket rate limiting, a bounded queue and a fixed worker pool" \
       org.opencontainers.image.version="${VERSION}" \

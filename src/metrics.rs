@@ -342,7 +342,11 @@ mod tests {
                 "{text}"
             );
         }
-        assert!(text.contains("tcpie_build_info{version=\"0.1.0\"} 1"));
+        let info = format!(
+            "tcpie_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(text.contains(&info), "{text}");
         metrics.record(Outcome::QueueFull);
         assert_eq!(metrics.requests(Outcome::QueueFull), 1);
         assert_eq!(metrics.requests(Outcome::Processed), 0);

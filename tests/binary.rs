@@ -46,6 +46,17 @@ async fn sigterm_answers_every_request_in_flight_and_exits_0() {
     ] {
         assert!(log.contains(phase), "missing {phase:?} in\n{log}");
     }
+    // The final counters name every outcome, client_rate_limited and later ones included.
+    let summary = log
+        .lines()
+        .find(|l| l.contains("shutdown: complete"))
+        .unwrap();
+    for outcome in tcpie::internal::Outcome::ALL {
+        assert!(
+            summary.contains(&format!(" {}=", outcome.as_str())),
+            "{outcome:?} missing from {summary}"
+        );
+    }
     assert!(TcpStream::connect(addr).await.is_err());
 }
 
@@ -76,6 +87,34 @@ fn run_with(env: &[(&str, &str)]) -> (Option<i32>, String) {
         out.status.code(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// The configuration error example of the README, run as it is written (the debug binary
+/// behaves as the release one): the same lines, in the same order, whatever order the
+/// environment holds the variables in.
+#[test]
+fn the_readme_configuration_error_example_is_what_the_binary_prints() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let block = readme
+        .split("```")
+        .find(|b| b.trim_start().starts_with("$ TCPIE_WORKRS="))
+        .expect("the example in README.md");
+    let mut lines = block.trim().lines();
+    let command_line = lines.next().unwrap().trim_start_matches("$ ");
+    let (assignments, program) = command_line.rsplit_once(' ').unwrap();
+    assert_eq!(program, "target/release/tcpie");
+    let expected: Vec<&str> = lines.collect();
+    let mut env: Vec<(&str, &str)> = assignments
+        .split(' ')
+        .map(|a| a.split_once('=').unwrap())
+        .collect();
+    for _ in 0..2 {
+        let (code, stderr) = run_with(&env);
+        assert_eq!(code, Some(64));
+        assert_eq!(stderr.lines().collect::<Vec<_>>(), expected, "{env:?}");
+        env.reverse();
+    }
 }
 
 #[test]

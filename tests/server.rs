@@ -547,7 +547,11 @@ async fn metrics_count_what_happened() {
     assert_eq!(value("tcpie_queue_capacity"), 5.0);
     assert_eq!(value("tcpie_workers"), 2.0);
     assert_eq!(value("tcpie_accept_errors_total"), 0.0);
-    assert_eq!(value("tcpie_build_info{version=\"0.1.0\"}"), 1.0);
+    let info = format!(
+        "tcpie_build_info{{version=\"{}\"}}",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(value(&info), 1.0);
     assert!(value("process_resident_memory_bytes") > 0.0);
     assert!(value("process_open_fds") > 0.0);
     server.assert_conservation().await;

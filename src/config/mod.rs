@@ -217,6 +217,28 @@ impl ConfigError {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConfigErrors(pub Vec<ConfigError>);
 
+impl ConfigErrors {
+    /// The problems in an order that does not depend on the environment's (which
+    /// `cargo run`, a shell or a container runtime may change): bad values in the order of
+    /// the README's tables, then unknown names, sorted. The README, a log diff and a test
+    /// can rely on it.
+    pub fn new(mut errors: Vec<ConfigError>) -> ConfigErrors {
+        let position = |name: &str| {
+            server::VARS
+                .iter()
+                .map(|v| v.name)
+                .chain(otel::VARS.iter().map(|v| v.name))
+                .position(|n| n == name)
+                .unwrap_or(usize::MAX)
+        };
+        errors.sort_by_cached_key(|e| match e {
+            ConfigError::Invalid { name, .. } => (0, position(name), String::new()),
+            ConfigError::Unknown { name, .. } => (1, 0, name.clone()),
+        });
+        ConfigErrors(errors)
+    }
+}
+
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, e) in self.0.iter().enumerate() {
@@ -256,7 +278,7 @@ where
         (server, traces) => {
             errors.extend(server.err().into_iter().flat_map(|e| e.0));
             errors.extend(traces.err().into_iter().flat_map(|e| e.0));
-            Err(ConfigErrors(errors))
+            Err(ConfigErrors::new(errors))
         }
     }
 }
@@ -276,7 +298,7 @@ fn group_from_env<T>(
         Ok(settings) if errors.is_empty() => Ok(settings),
         result => {
             errors.extend(result.err().into_iter().flat_map(|e| e.0));
-            Err(ConfigErrors(errors))
+            Err(ConfigErrors::new(errors))
         }
     }
 }
@@ -459,6 +481,37 @@ mod tests {
         ]))
         .unwrap_err();
         assert_eq!(e.0.len(), 2, "{e}");
+    }
+
+    #[test]
+    fn problems_come_in_the_tables_order_whatever_the_environments() {
+        let vars = [
+            ("TCPIE_WORKRS", "4"),
+            ("TCPIE_QUEUESIZE", "9"),
+            ("TCPIE_PORT", "http"),
+            ("TCPIE_WORKERS", "0"),
+            ("TCPIE_BURST", "-3"),
+            ("OTEL_TRACES_SAMPLER", "sometimes"),
+        ];
+        let names = |vars: &[(&str, &str)]| -> Vec<String> {
+            let pairs = vars
+                .iter()
+                .map(|(k, v)| (OsString::from(k), OsString::from(v)));
+            let e = from_os_vars(pairs).unwrap_err();
+            e.0.iter().map(|e| e.name().to_string()).collect()
+        };
+        let expected = [
+            "TCPIE_PORT",
+            "TCPIE_WORKERS",
+            "TCPIE_BURST",
+            "OTEL_TRACES_SAMPLER",
+            "TCPIE_QUEUESIZE",
+            "TCPIE_WORKRS",
+        ];
+        assert_eq!(names(&vars), expected);
+        let mut reversed = vars;
+        reversed.reverse();
+        assert_eq!(names(&reversed), expected);
     }
 
     #[test]

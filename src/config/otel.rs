@@ -278,7 +278,7 @@ impl TraceSettings {
             .collect();
         let (v, errors) = read(VARS, &vars);
         if !errors.is_empty() {
-            return Err(ConfigErrors(errors));
+            return Err(ConfigErrors::new(errors));
         }
         let protocol = v.traces_protocol.unwrap_or(v.protocol);
         // The signal-specific endpoint is used as given; the general one gets the

@@ -223,7 +223,7 @@ impl Config {
         if errors.is_empty() {
             Ok(config)
         } else {
-            Err(ConfigErrors(errors))
+            Err(ConfigErrors::new(errors))
         }
     }
 
@@ -237,7 +237,7 @@ impl Config {
         if errors.is_empty() {
             Ok(())
         } else {
-            Err(ConfigErrors(errors))
+            Err(ConfigErrors::new(errors))
         }
     }
 

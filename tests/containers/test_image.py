@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import threading
+import tomllib
 import time
 import uuid
 
@@ -66,6 +67,8 @@ def test_the_image_is_non_root_has_a_healthcheck_and_adds_little(docker, image):
     assert re.fullmatch(r"\d+(:\d+)?", user), f"the image's user must be numeric, not {user!r}"
     assert int(user.split(":")[0]) != 0
     assert config["Healthcheck"]["Test"][:2] == ["CMD", "/usr/local/bin/tcpie"]
+    version = tomllib.loads((ROOT / "Cargo.toml").read_text())["package"]["version"]
+    assert config["Labels"]["org.opencontainers.image.version"] == version
     base = re.findall(r"^FROM\s+(\S+)", (ROOT / "Dockerfile").read_text(), re.M)[-1]
     added = docker.inspect(image)["Size"] - docker.inspect(base)["Size"]
     print(f"the image adds {added / MB:.2f} MB to {base}")

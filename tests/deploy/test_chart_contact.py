@@ -291,7 +291,8 @@ def test_the_packaged_chart_renders_like_the_folder(tmp_path):
 
 def test_the_readme_deploy_commands_agree_with_the_chart_and_compose():
     readme = (ROOT / "README.md").read_text()
-    deploy = readme[readme.index("## Deploy to Kubernetes"): readme.index("## Running the tests")]
+    start = readme.index("## Deploy to Kubernetes")
+    deploy = readme[start: readme.index("\n## ", start)]
     app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
     image = f"tcpie:{app_version}"
     # kind: the image built is the image loaded is the chart's default image.
