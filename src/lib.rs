@@ -47,6 +47,7 @@ mod metrics;
 mod ratelimit;
 mod server;
 pub mod telemetry;
+mod upstream;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -58,7 +59,9 @@ use tokio_util::task::TaskTracker;
 
 pub use admin::healthcheck;
 pub use config::{Config, ConfigError, ConfigErrors};
-pub use handler::{Handler, Hello, Request, Response};
+pub use handler::{
+    BodyError, Handler, Hello, Request, RequestBody, Response, ResponseStream, StreamError,
+};
 pub use lifecycle::signals;
 pub use server::descriptors;
 
@@ -106,7 +109,36 @@ pub async fn run<H: Handler>(
     handler: H,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
+    run_with(config, listeners, registry, |_| handler, shutdown).await
+}
+
+/// [`run`] with the binary's handler as `config` says: forwarding to `TCPIE_UPSTREAM` when
+/// it is set (upstream mode), the built-in [`Hello`] otherwise.
+pub async fn serve(
+    config: Config,
+    listeners: Listeners,
+    registry: prometheus::Registry,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    if let Some(target) = config.upstream().cloned() {
+        let settings = config.clone();
+        let make = move |metrics: &metrics::Metrics| {
+            upstream::Upstream::new(&target, &settings, metrics.upstream.clone())
+        };
+        return run_with(config, listeners, registry, make, shutdown).await;
+    }
+    run(config, listeners, registry, Hello, shutdown).await
+}
+
+async fn run_with<H: Handler>(
+    config: Config,
+    listeners: Listeners,
+    registry: prometheus::Registry,
+    handler: impl FnOnce(&metrics::Metrics) -> H,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
     let metrics = metrics::Metrics::register(&registry)?;
+    let handler = handler(&metrics);
     let server_port = listeners.tcp.local_addr().map(|a| a.port()).unwrap_or(0);
     let core = Arc::new(server::Core::new(config, metrics, server_port));
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tcpie::config::TraceSettings;
 use tcpie::telemetry;
-use tcpie::{bind, descriptors, run, signals, Config, Hello, Listeners};
+use tcpie::{bind, descriptors, signals, Config, Listeners};
 
 /// Exit code for a configuration error (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
@@ -65,13 +65,13 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_START);
         }
     };
-    runtime.block_on(serve(config, traces))
+    runtime.block_on(start(config, traces))
 }
 
 /// Longest wait for pending spans to reach the collector at shutdown.
 const FLUSH_DEADLINE_MAX: Duration = Duration::from_secs(5);
 
-async fn serve(config: Config, traces: TraceSettings) -> ExitCode {
+async fn start(config: Config, traces: TraceSettings) -> ExitCode {
     let registry = prometheus::Registry::new();
     let telemetry = match telemetry::init(config.log_format, &traces, &registry) {
         Ok(t) => t,
@@ -119,7 +119,7 @@ async fn serve(config: Config, traces: TraceSettings) -> ExitCode {
     }
 
     let flush_deadline = config.shutdown_timeout().min(FLUSH_DEADLINE_MAX);
-    let code = match run(config, listeners, registry, Hello, signals).await {
+    let code = match tcpie::serve(config, listeners, registry, signals).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => start_failed(&e.to_string()),
     };

@@ -60,6 +60,12 @@ outcomes! {
     QueueTimeout => "queue_timeout",
     /// 429: no token in the client's own bucket (`TCPIE_CLIENT_KEY`).
     ClientRateLimited => "client_rate_limited",
+    /// 502 (upstream mode): the upstream refused, reset or closed the connection, or
+    /// answered something that is not HTTP, before its response head; or its body broke
+    /// off part way (the client's connection is then closed).
+    UpstreamError => "upstream_error",
+    /// 504 (upstream mode): no response head within `TCPIE_UPSTREAM_TIMEOUT_MS`.
+    UpstreamTimeout => "upstream_timeout",
 }
 
 impl Outcome {
@@ -123,6 +129,107 @@ pub struct Metrics {
     /// Connections of the admin port open now.
     pub admin_connections_open: IntGauge,
     admin_shed: [IntCounter; 2],
+    /// Upstream mode's metrics (exported from the start, at 0, in either mode).
+    pub upstream: UpstreamMetrics,
+}
+
+/// How an upstream call went, the `class` label: the response's status class, or the
+/// failure before a response head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamClass {
+    Informational,
+    Success,
+    Redirection,
+    ClientError,
+    ServerError,
+    /// Refused, reset, closed or not HTTP, before the response head.
+    Error,
+    /// No response head in time.
+    Timeout,
+}
+
+impl UpstreamClass {
+    pub const ALL: [UpstreamClass; 7] = [
+        UpstreamClass::Informational,
+        UpstreamClass::Success,
+        UpstreamClass::Redirection,
+        UpstreamClass::ClientError,
+        UpstreamClass::ServerError,
+        UpstreamClass::Error,
+        UpstreamClass::Timeout,
+    ];
+
+    pub fn of_status(status: u16) -> UpstreamClass {
+        match status {
+            ..=199 => UpstreamClass::Informational,
+            200..=299 => UpstreamClass::Success,
+            300..=399 => UpstreamClass::Redirection,
+            400..=499 => UpstreamClass::ClientError,
+            _ => UpstreamClass::ServerError,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamClass::Informational => "1xx",
+            UpstreamClass::Success => "2xx",
+            UpstreamClass::Redirection => "3xx",
+            UpstreamClass::ClientError => "4xx",
+            UpstreamClass::ServerError => "5xx",
+            UpstreamClass::Error => "error",
+            UpstreamClass::Timeout => "timeout",
+        }
+    }
+}
+
+/// What happened to an upstream connection, the `event` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionEvent {
+    /// A new connection was made.
+    Opened,
+    /// A request went on a connection made before (kept alive).
+    Reused,
+    /// A connection could not be made (refused, timed out, name not resolved).
+    Failed,
+}
+
+impl ConnectionEvent {
+    pub const ALL: [ConnectionEvent; 3] = [
+        ConnectionEvent::Opened,
+        ConnectionEvent::Reused,
+        ConnectionEvent::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectionEvent::Opened => "opened",
+            ConnectionEvent::Reused => "reused",
+            ConnectionEvent::Failed => "failed",
+        }
+    }
+}
+
+/// Upstream mode's metrics.
+#[derive(Clone)]
+pub struct UpstreamMetrics {
+    requests: [IntCounter; 7],
+    connections: [IntCounter; 3],
+    /// Forwarding to the response head.
+    pub head_duration: Histogram,
+    /// Forwarding to the end of the response body.
+    pub response_duration: Histogram,
+    /// Response bodies that broke off part way.
+    pub truncated: IntCounter,
+}
+
+impl UpstreamMetrics {
+    pub fn request(&self, class: UpstreamClass) {
+        self.requests[class as usize].inc();
+    }
+
+    pub fn connection(&self, event: ConnectionEvent) {
+        self.connections[event as usize].inc();
+    }
 }
 
 /// Buckets of the time to refuse, in seconds: a refusal is expected well under 1 ms.
@@ -197,6 +304,25 @@ impl Metrics {
             &["reason"],
         )?;
         registry.register(Box::new(admin_shed.clone()))?;
+        let upstream_requests = IntCounterVec::new(
+            Opts::new(
+                "tcpie_upstream_requests_total",
+                "Upstream mode: requests forwarded, by the class of the upstream's status, or \
+                 error (refused, reset, closed or not HTTP before the response head) or \
+                 timeout (no response head within TCPIE_UPSTREAM_TIMEOUT_MS).",
+            ),
+            &["class"],
+        )?;
+        registry.register(Box::new(upstream_requests.clone()))?;
+        let upstream_connections = IntCounterVec::new(
+            Opts::new(
+                "tcpie_upstream_connections_total",
+                "Upstream mode: connections to the upstream opened, requests that reused one, \
+                 and connections that could not be made.",
+            ),
+            &["event"],
+        )?;
+        registry.register(Box::new(upstream_connections.clone()))?;
 
         let rate_limit_tokens = Gauge::new(
             "tcpie_rate_limit_tokens",
@@ -290,6 +416,27 @@ impl Metrics {
                 "Connections of the admin port open now.",
             )?,
             admin_shed: AdminShed::ALL.map(|r| admin_shed.with_label_values(&[r.as_str()])),
+            upstream: UpstreamMetrics {
+                requests: UpstreamClass::ALL.map(|c| upstream_requests.with_label_values(&[c.as_str()])),
+                connections: ConnectionEvent::ALL
+                    .map(|e| upstream_connections.with_label_values(&[e.as_str()])),
+                head_duration: histogram(
+                    "tcpie_upstream_response_head_seconds",
+                    "Upstream mode: time from forwarding a request to the upstream's response head.",
+                    LATENCY_BUCKETS,
+                )?,
+                response_duration: histogram(
+                    "tcpie_upstream_response_seconds",
+                    "Upstream mode: time from forwarding a request to the end of the upstream's \
+                     response body.",
+                    LATENCY_BUCKETS,
+                )?,
+                truncated: counter(
+                    "tcpie_upstream_responses_truncated_total",
+                    "Upstream mode: response bodies that broke off part way (the client's \
+                     connection was closed without a forged end).",
+                )?,
+            },
         })
     }
 

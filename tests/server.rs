@@ -358,6 +358,7 @@ impl Handler for Echo {
                 agent.unwrap_or_default()
             )
             .into(),
+            ..Default::default()
         }
     }
 }

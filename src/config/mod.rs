@@ -76,10 +76,12 @@ macro_rules! variables {
 mod client_key;
 mod otel;
 mod server;
+mod upstream;
 
 pub use client_key::{ClientKey, Forwarded};
 pub use otel::{BatchSettings, Protocol, SamplerSetting, TraceSettings};
 pub use server::{Config, LogFormat};
+pub use upstream::{Upstream, UpstreamSetting};
 
 /// The prefix shared by every TCPie variable.
 pub const PREFIX: &str = "TCPIE_";

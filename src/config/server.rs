@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{read, unknown_hint, ClientKey, ConfigError, ConfigErrors, Shown, PREFIX};
+use super::{
+    read, unknown_hint, ClientKey, ConfigError, ConfigErrors, Shown, UpstreamSetting, PREFIX,
+};
 
 /// How log lines are written; the filter itself comes from `RUST_LOG`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -184,6 +186,31 @@ variables! {
     TCPIE_ADMIN_IDLE_TIMEOUT_MS => admin_idle_timeout_ms: u64 = 30_000;
         expect "milliseconds from 1 to 3600000";
         valid |c| (1..=MAX_MS).contains(&c.admin_idle_timeout_ms);
+    /// The HTTP service admitted requests are forwarded to (see In front of your service);
+    /// empty keeps the built-in handler.
+    TCPIE_UPSTREAM => upstream: UpstreamSetting = UpstreamSetting(None);
+        expect UpstreamSetting::EXPECTED;
+        valid |_c| true;
+    /// Longest wait for a new connection to the upstream.
+    TCPIE_UPSTREAM_CONNECT_TIMEOUT_MS => upstream_connect_timeout_ms: u64 = 1000;
+        expect "milliseconds from 1 to 3600000";
+        valid |c| (1..=MAX_MS).contains(&c.upstream_connect_timeout_ms);
+    /// Longest wait from forwarding a request to the upstream's response head (504 past
+    /// it), and between two pieces of its response body.
+    TCPIE_UPSTREAM_TIMEOUT_MS => upstream_timeout_ms: u64 = 30_000;
+        expect "milliseconds from 1 to 3600000";
+        valid |c| (1..=MAX_MS).contains(&c.upstream_timeout_ms);
+    /// How long an idle upstream connection is kept for reuse; keep it below the
+    /// upstream's own keep-alive timeout (Node.js: 5 s, nginx: 75 s).
+    TCPIE_UPSTREAM_IDLE_TIMEOUT_MS => upstream_idle_timeout_ms: u64 = 4000;
+        expect "milliseconds from 1 to 3600000";
+        valid |c| (1..=MAX_MS).contains(&c.upstream_idle_timeout_ms);
+    /// Largest request body in upstream mode (a larger `Content-Length` is 413 before
+    /// anything is forwarded; a chunked body that grows past it is cut off). The built-in
+    /// handler's limit stays 64 KiB.
+    TCPIE_MAX_BODY_BYTES => max_body_bytes: u64 = 10 * 1024 * 1024;
+        expect "bytes from 1 to 4294967296";
+        valid |c| (1..=4_294_967_296).contains(&c.max_body_bytes);
 }
 
 impl Config {
@@ -272,6 +299,11 @@ impl Config {
 
     pub fn write_timeout(&self) -> Duration {
         Duration::from_millis(self.write_timeout_ms)
+    }
+
+    /// Where requests are forwarded, in upstream mode.
+    pub fn upstream(&self) -> Option<&super::Upstream> {
+        self.upstream.0.as_ref()
     }
 
     /// The queue timeout, if there is one.
@@ -380,7 +412,7 @@ mod tests {
     #[test]
     fn every_variable_is_listed_once() {
         let names: Vec<&str> = variable_names().collect();
-        assert_eq!(names.len(), 31);
+        assert_eq!(names.len(), 36);
         let mut sorted = names.clone();
         sorted.sort();
         sorted.dedup();

@@ -1,13 +1,15 @@
-//! Decoding a chunked request body (RFC 9112 §7.1), to discard it exactly.
+//! Decoding a chunked request body (RFC 9112 §7.1), to discard it exactly or to pass its
+//! data on.
 //!
-//! TCPie reads request bodies only to find where they end, so that the answer is sent
-//! after the whole request and a kept-alive connection stays framed. The decoder is fed
-//! whatever bytes have arrived and says how many it consumed and whether the body (last
-//! chunk and trailer section included) is complete. It keeps nothing of the data.
+//! The built-in handler's requests are read only to find where they end, so that the
+//! answer is sent after the whole request and a kept-alive connection stays framed; in
+//! upstream mode the data is forwarded, re-framed. The decoder is fed whatever bytes have
+//! arrived and says how many it consumed, where the data in them is, and whether the body
+//! (last chunk and trailer section included) is complete. It keeps nothing of the data.
 //!
 //! It is strict where leniency has been used to smuggle requests: chunk lines end in
 //! CRLF (a bare LF or CR is a 400), the size is hexadecimal digits only, and every byte
-//! is bounded: at most [`MAX_BODY_BYTES`] of data (else 413) and [`MAX_FRAMING_BYTES`]
+//! is bounded: at most [`MAX_BODY_BYTES`] of data (or the limit it is given; else 413) and [`MAX_FRAMING_BYTES`]
 //! of sizes, extensions and trailers (else 413). Extensions are skipped; trailer fields
 //! must be well-formed field lines and are ignored.
 
@@ -58,34 +60,70 @@ pub struct Decoder {
     size: u64,
     data: u64,
     framing: usize,
+    /// Most bytes of data accepted in all (more is 413).
+    max_data: u64,
 }
 
 impl Default for Decoder {
     fn default() -> Self {
+        Decoder::with_limit(MAX_BODY_BYTES)
+    }
+}
+
+/// What [`Decoder::next`] found in a buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Piece {
+    /// Bytes of the buffer that belong to the body, framing and data alike, from its start.
+    pub consumed: usize,
+    /// Where the data found is in the buffer, if any.
+    pub data: Option<std::ops::Range<usize>>,
+    /// The last chunk and the trailer section have been read.
+    pub done: bool,
+}
+
+impl Decoder {
+    /// A decoder accepting at most `max_data` bytes of data (more is 413).
+    pub fn with_limit(max_data: u64) -> Decoder {
         Decoder {
             state: State::Size { digits: 0 },
             size: 0,
             data: 0,
             framing: 0,
+            max_data,
         }
     }
-}
 
-impl Decoder {
     /// Consumes from `buf` what belongs to the body: `Ok((consumed, done))`. Bytes after
     /// the end of the body are not consumed (they are the next request).
     pub fn feed(&mut self, buf: &[u8]) -> Result<(usize, bool), Reject> {
+        let mut at = 0;
+        loop {
+            let piece = self.next(&buf[at..])?;
+            at += piece.consumed;
+            if piece.done || piece.consumed == 0 || at == buf.len() {
+                return Ok((at, piece.done));
+            }
+        }
+    }
+
+    /// Reads framing from the start of `buf` up to the next run of data (which it consumes
+    /// too, and points at), the end of the body, or the end of `buf`.
+    pub fn next(&mut self, buf: &[u8]) -> Result<Piece, Reject> {
         let mut i = 0;
         while i < buf.len() {
             if let State::Data { left } = self.state {
                 let take = left.min((buf.len() - i) as u64);
-                i += take as usize;
                 self.state = if take == left {
                     State::DataCr
                 } else {
                     State::Data { left: left - take }
                 };
-                continue;
+                let data = i..i + take as usize;
+                return Ok(Piece {
+                    consumed: data.end,
+                    data: Some(data),
+                    done: false,
+                });
             }
             if self.state == State::Done {
                 break;
@@ -98,7 +136,11 @@ impl Decoder {
             }
             self.state = self.step(b)?;
         }
-        Ok((i, self.state == State::Done))
+        Ok(Piece {
+            consumed: i,
+            data: None,
+            done: self.state == State::Done,
+        })
     }
 
     /// Whether the last chunk and the trailer section have been read.
@@ -117,7 +159,7 @@ impl Decoder {
                 }
                 let digit = u64::from((b as char).to_digit(16).unwrap_or(0));
                 self.size = self.size << 4 | digit;
-                if self.data + self.size > MAX_BODY_BYTES {
+                if self.data + self.size > self.max_data {
                     return Err(Reject::PayloadTooLarge);
                 }
                 Size { digits: digits + 1 }
@@ -323,6 +365,37 @@ mod properties {
                 prop_assert!(d.done());
                 prop_assert_eq!(consumed, body.len());
             }
+        }
+
+        /// However a valid body is split into reads, the data passed on is exactly the
+        /// chunks' data, and the framing is never part of it.
+        #[test]
+        fn any_split_passes_on_exactly_the_data(
+            (body, data) in body(),
+            cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..8),
+        ) {
+            let mut points: Vec<usize> = cuts.iter().map(|c| c.index(body.len() + 1)).collect();
+            points.push(0);
+            points.push(body.len());
+            points.sort_unstable();
+            let mut d = Decoder::with_limit(u64::MAX);
+            let (mut consumed, mut passed) = (0, Vec::new());
+            for w in points.windows(2) {
+                while consumed < w[1] && !d.done() {
+                    let piece = d.next(&body[consumed..w[1]]).unwrap();
+                    if let Some(r) = piece.data {
+                        passed.extend_from_slice(&body[consumed + r.start..consumed + r.end]);
+                    }
+                    consumed += piece.consumed;
+                    if piece.consumed == 0 {
+                        break;
+                    }
+                }
+            }
+            prop_assert!(d.done());
+            prop_assert_eq!(consumed, body.len());
+            prop_assert_eq!(passed.len() as u64, data);
+            prop_assert!(passed.iter().all(|b| *b == b'd'));
         }
 
         /// Arbitrary bytes never panic and never consume more than given.

@@ -8,7 +8,9 @@ use std::ops::Range;
 /// Most headers accepted in one request; more is answered 431 like an oversized head.
 pub const MAX_HEADERS: usize = 64;
 
-/// Largest request body TCPie reads (and discards); more is answered 413.
+/// Largest request body the built-in handler's requests may carry (TCPie reads and discards
+/// it); more is answered 413. Handlers that stream bodies (upstream mode) have
+/// `TCPIE_MAX_BODY_BYTES` instead.
 pub const MAX_BODY_BYTES: u64 = 64 * 1024;
 
 /// What parsing a buffer found.
@@ -97,7 +99,12 @@ pub fn is_head(buf: &[u8]) -> bool {
 /// `max_head` is the largest head accepted; a partial head already longer than it is
 /// rejected at once, so a client cannot make the server buffer more.
 pub fn parse_head(buf: &[u8], max_head: usize) -> Result<Parsed, Reject> {
-    match parse_as_is(buf, max_head) {
+    parse_head_limited(buf, max_head, MAX_BODY_BYTES)
+}
+
+/// [`parse_head`], with `max_body` as the largest `Content-Length` accepted (else 413).
+pub fn parse_head_limited(buf: &[u8], max_head: usize, max_body: u64) -> Result<Parsed, Reject> {
+    match parse_as_is(buf, max_head, max_body) {
         Err(Version) => {
             // RFC 9110 §6.2: a later minor version is answered as the highest we speak.
             let Some(at) = later_minor_version(buf) else {
@@ -110,7 +117,7 @@ pub fn parse_head(buf: &[u8], max_head: usize) -> Result<Parsed, Reject> {
             };
             let mut patched = buf.to_vec();
             patched[at] = b'1';
-            match parse_as_is(&patched, max_head) {
+            match parse_as_is(&patched, max_head, max_body) {
                 Ok(Parsed::Complete(head)) => Ok(Parsed::Complete(Head {
                     later_minor_at: Some(at),
                     ..head
@@ -155,7 +162,7 @@ fn other_major_version(buf: &[u8]) -> bool {
         .is_some_and(|(v, _)| (b'2'..=b'9').contains(&v[6]) && v[8].is_ascii_digit())
 }
 
-fn parse_as_is(buf: &[u8], max_head: usize) -> Result<Parsed, Stop> {
+fn parse_as_is(buf: &[u8], max_head: usize, max_body: u64) -> Result<Parsed, Stop> {
     // Uninitialised: filling 64 empty headers first would cost more than the parse.
     let mut headers =
         [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
@@ -225,7 +232,7 @@ fn parse_as_is(buf: &[u8], max_head: usize) -> Result<Parsed, Stop> {
     }
     let body = match (codings.seen, content_length) {
         (false, None) | (false, Some(0)) => Body::Empty,
-        (false, Some(n)) if n > MAX_BODY_BYTES => return Err(Refused(Reject::PayloadTooLarge)),
+        (false, Some(n)) if n > max_body => return Err(Refused(Reject::PayloadTooLarge)),
         (false, Some(n)) => Body::Length(n),
         // RFC 9112 §6.1: both framings at once is how requests are smuggled; and HTTP/1.0
         // has no transfer codings. Either is refused, and the connection closed.
@@ -316,11 +323,15 @@ impl Codings {
 /// that [`parse_head`] accepted, without its surrounding whitespace. The head is known to
 /// be well formed, so its field lines are found by splitting, without parsing it again.
 pub fn header_value<'h>(head: &'h [u8], name: &str) -> Option<&'h [u8]> {
-    head.split(|b| *b == b'\n').skip(1).find_map(|line| {
+    fields(head).find_map(|(n, v)| n.eq_ignore_ascii_case(name.as_bytes()).then_some(v))
+}
+
+/// The field lines of `head` (a head [`parse_head`] accepted), in order: each name and its
+/// value without surrounding whitespace.
+pub fn fields(head: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    head.split(|b| *b == b'\n').skip(1).filter_map(|line| {
         let colon = line.iter().position(|b| *b == b':')?;
-        line[..colon]
-            .eq_ignore_ascii_case(name.as_bytes())
-            .then(|| line[colon + 1..].trim_ascii())
+        Some((&line[..colon], line[colon + 1..].trim_ascii()))
     })
 }
 

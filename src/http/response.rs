@@ -9,7 +9,8 @@ use bytes::Bytes;
 /// The interim response sent before reading a body announced with `Expect: 100-continue`.
 pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
-/// The reason phrase of the statuses TCPie sends.
+/// The reason phrase of a status: TCPie's own for those it sends, else the standard one
+/// (empty for a status without one, as RFC 9112 §4 allows).
 pub fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
@@ -23,9 +24,14 @@ pub fn reason(status: u16) -> &'static str {
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         501 => "Not Implemented",
+        502 => "Bad Gateway",
         503 => "Service Unavailable",
+        504 => "Gateway Timeout",
         505 => "HTTP Version Not Supported",
-        _ => "",
+        _ => http::StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or(""),
     }
 }
 
@@ -74,9 +80,9 @@ fn write_head(
     if let Some(secs) = retry_after {
         let _ = write!(out, "Retry-After: {secs}\r\n");
     }
-    // A 429 or a 503 describes this moment: a cache that kept one would refuse requests
-    // the server would now take.
-    if matches!(status, 429 | 503) {
+    // A 429, 502, 503 or 504 describes this moment: a cache that kept one would refuse
+    // requests the server would now take.
+    if matches!(status, 429 | 502 | 503 | 504) {
         out.extend_from_slice(b"Cache-Control: no-store\r\n");
     }
     out.extend_from_slice(if keep_alive {
@@ -171,6 +177,62 @@ pub fn answer_head(
         *last = Some((key, answer.clone()));
         answer
     })
+}
+
+/// How a response's body is delimited on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// `Content-Length`.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+    /// The body ends when the connection closes (an HTTP/1.0 client, length unknown).
+    Close,
+    /// No body, and no length said (204, or a 304 or `HEAD` answer of unknown length).
+    Nothing,
+}
+
+/// Fields a handler may not write: the framing and the connection are TCPie's.
+fn reserved(name: &http::HeaderName) -> bool {
+    use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+    name == CONTENT_LENGTH || name == TRANSFER_ENCODING || name == CONNECTION
+}
+
+/// Writes the head of a handler's answer with header fields of its own (status line to
+/// blank line, without `Date`, which the connection writes unless `headers` has one).
+pub fn full_head(
+    out: &mut Vec<u8>,
+    status: u16,
+    content_type: &str,
+    headers: &http::HeaderMap,
+    framing: Framing,
+    keep_alive: bool,
+) {
+    let _ = write!(out, "HTTP/1.1 {status} {}\r\n", reason(status));
+    if !content_type.is_empty() {
+        let _ = write!(out, "Content-Type: {content_type}\r\n");
+    }
+    for (name, value) in headers {
+        if reserved(name) {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        Framing::Length(n) => {
+            let _ = write!(out, "Content-Length: {n}\r\n");
+        }
+        Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        Framing::Close | Framing::Nothing => {}
+    }
+    out.extend_from_slice(if keep_alive {
+        b"Connection: keep-alive\r\n\r\n"
+    } else {
+        b"Connection: close\r\n\r\n"
+    });
 }
 
 /// The built-in answer, prebuilt once: TCPie's default handler sends these bytes.

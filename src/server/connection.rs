@@ -22,12 +22,15 @@ use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{timeout, Instant};
 
-use crate::http::{self, Answer, Body, Head, Parsed, Reject};
+use crate::handler::ResponseStream;
+use crate::http::{self, Answer, Body, Framing, Head, Parsed, Reject};
 use crate::http::{chunked, date};
 use crate::lifecycle::{Lifecycle, Phase, Waited};
 
 /// First read buffer of a connection, allocated only once the client has sent something.
 const INITIAL_READ_BUFFER: usize = 1024;
+/// Room added at a time while a body streams.
+const STREAM_READ_BUFFER: usize = 16 * 1024;
 /// How long a closed connection waits for the client to close its side.
 const LINGER: Duration = Duration::from_secs(2);
 /// Most bytes read and discarded while lingering.
@@ -63,6 +66,32 @@ impl Drop for OpenGuard {
     fn drop(&mut self) {
         self.gauge.dec();
     }
+}
+
+/// How far a streamed request body has been read.
+pub(crate) enum BodyReader {
+    Length { left: u64 },
+    Chunked(chunked::Decoder),
+    Done,
+}
+
+impl BodyReader {
+    pub fn new(body: Body, max_body: u64) -> BodyReader {
+        match body {
+            Body::Empty => BodyReader::Done,
+            Body::Length(n) => BodyReader::Length { left: n },
+            Body::Chunked => BodyReader::Chunked(chunked::Decoder::with_limit(max_body)),
+        }
+    }
+}
+
+/// Why a streamed answer stopped before its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Truncated {
+    /// The body failed (or said a length it did not keep to).
+    Body,
+    /// A write did not finish in time.
+    Write,
 }
 
 /// What reading produced, when it did not produce a head.
@@ -141,11 +170,16 @@ impl Conn {
         self.read_more().await
     }
 
-    /// Reads one request head and splits it off the buffer.
-    pub async fn read_head(&mut self, max_head: usize) -> Result<(Head, Bytes), ReadError> {
+    /// Reads one request head and splits it off the buffer; a `Content-Length` over
+    /// `max_body` is refused (413).
+    pub async fn read_head(
+        &mut self,
+        max_head: usize,
+        max_body: u64,
+    ) -> Result<(Head, Bytes), ReadError> {
         let head = loop {
             if !self.buf.is_empty() {
-                match http::parse_head(&self.buf, max_head) {
+                match http::parse_head_limited(&self.buf, max_head, max_body) {
                     Ok(Parsed::Complete(head)) => break head,
                     Ok(Parsed::Partial) => {}
                     Err(reject) => return Err(ReadError::Rejected(reject)),
@@ -198,6 +232,142 @@ impl Conn {
                 self.buf.reserve(INITIAL_READ_BUFFER);
             }
             self.read_more().await?;
+        }
+    }
+
+    /// Reads, without consuming it, until the body is in the buffer whole or `limit` bytes
+    /// of it are: a small body is then read before admission, as a discarded one is.
+    pub async fn prefetch_body(
+        &mut self,
+        body: Body,
+        max_body: u64,
+        limit: usize,
+    ) -> Result<(), ReadError> {
+        let mut probe = chunked::Decoder::with_limit(max_body);
+        let mut probed = 0;
+        loop {
+            let enough = match body {
+                Body::Empty => true,
+                Body::Length(n) => self.buf.len() as u64 >= n.min(limit as u64),
+                Body::Chunked => {
+                    let (consumed, done) = probe
+                        .feed(&self.buf[probed..])
+                        .map_err(ReadError::Rejected)?;
+                    probed += consumed;
+                    done || self.buf.len() >= limit
+                }
+            };
+            if enough {
+                return Ok(());
+            }
+            if self.buf.capacity() - self.buf.len() < INITIAL_READ_BUFFER {
+                self.buf.reserve(STREAM_READ_BUFFER);
+            }
+            self.read_more().await?;
+        }
+    }
+
+    /// The next piece of a body being streamed, as it comes; `None` at its end. Bytes after
+    /// the body stay in the buffer.
+    pub async fn body_piece(
+        &mut self,
+        reader: &mut BodyReader,
+    ) -> Result<Option<Bytes>, ReadError> {
+        loop {
+            if !self.buf.is_empty() || matches!(reader, BodyReader::Length { left: 0 }) {
+                match reader {
+                    BodyReader::Done => return Ok(None),
+                    BodyReader::Length { left: 0 } => {
+                        *reader = BodyReader::Done;
+                        return Ok(None);
+                    }
+                    BodyReader::Length { left } => {
+                        let take = (*left).min(self.buf.len() as u64);
+                        *left -= take;
+                        return Ok(Some(self.buf.split_to(take as usize).freeze()));
+                    }
+                    BodyReader::Chunked(decoder) => {
+                        let piece = decoder.next(&self.buf).map_err(ReadError::Rejected)?;
+                        let taken = self.buf.split_to(piece.consumed).freeze();
+                        if piece.done {
+                            *reader = BodyReader::Done;
+                        }
+                        match piece.data {
+                            Some(data) if !data.is_empty() => return Ok(Some(taken.slice(data))),
+                            _ if piece.done => return Ok(None),
+                            _ if piece.consumed > 0 => continue,
+                            _ => {}
+                        }
+                    }
+                }
+            } else if matches!(reader, BodyReader::Done) {
+                return Ok(None);
+            }
+            if self.buf.capacity() - self.buf.len() < INITIAL_READ_BUFFER {
+                self.buf.reserve(STREAM_READ_BUFFER);
+            }
+            self.read_more().await?;
+        }
+    }
+
+    /// Writes a streamed answer: `head` (with a `Date` line after its status line when
+    /// `date`), then the body in `framing`, each write within `limit`. `Err` when the
+    /// body failed part way or a write did not finish: the caller then closes the
+    /// connection, so the client sees the truncation.
+    pub async fn answer_stream(
+        &mut self,
+        head: &[u8],
+        date: bool,
+        stream: &mut ResponseStream,
+        framing: Framing,
+        limit: Duration,
+    ) -> Result<(), Truncated> {
+        let line_end = head
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .map_or(0, |at| at + 2);
+        let (status, rest) = head.split_at(line_end);
+        let wrote = if date {
+            self.write_dated([status, rest, &[], &[]], limit).await
+        } else {
+            self.write_raw(head, limit).await
+        };
+        if !wrote {
+            return Err(Truncated::Write);
+        }
+        if framing == Framing::Nothing {
+            return Ok(());
+        }
+        let mut sent: u64 = 0;
+        loop {
+            let frame = poll_fn(|cx| http_body::Body::poll_frame(stream.body.as_mut(), cx)).await;
+            let data = match frame {
+                None => break,
+                Some(Err(_)) => return Err(Truncated::Body),
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) if !data.is_empty() => data,
+                    // Trailers are not passed on; empty frames say nothing.
+                    _ => continue,
+                },
+            };
+            sent += data.len() as u64;
+            let written = match framing {
+                Framing::Length(n) if sent > n => return Err(Truncated::Body),
+                Framing::Chunked => {
+                    let size = format!("{:x}\r\n", data.len());
+                    let parts = [size.as_bytes(), &data[..], b"\r\n", &[], &[]];
+                    timeout(limit, write_parts(&mut self.stream, parts)).await
+                }
+                _ => timeout(limit, self.stream.write_all(&data)).await,
+            };
+            if !matches!(written, Ok(Ok(()))) {
+                return Err(Truncated::Write);
+            }
+        }
+        match framing {
+            Framing::Length(n) if sent != n => Err(Truncated::Body),
+            Framing::Chunked if !self.write_raw(b"0\r\n\r\n", limit).await => Err(Truncated::Write),
+            _ => Ok(()),
         }
     }
 

@@ -77,17 +77,22 @@ pub struct Budget {
     pub admin: usize,
     /// The most connections the TCP port will hold.
     pub tcp: usize,
+    /// Connections to the upstream (upstream mode: one a permit).
+    pub upstream: u64,
 }
 
 impl Budget {
     pub fn new(config: &Config, open_files: OpenFiles) -> Budget {
-        let others = config.admin_max_connections as u64 + RESERVE;
+        // In upstream mode each permit may hold a connection to the upstream.
+        let upstream = config.upstream().map_or(0, |_| config.workers as u64);
+        let others = config.admin_max_connections as u64 + RESERVE + upstream;
         let room = open_files.limit.saturating_sub(others).max(1);
         Budget {
             open_files,
             configured: config.max_connections,
             admin: config.admin_max_connections,
             tcp: (config.max_connections as u64).min(room) as usize,
+            upstream,
         }
     }
 
@@ -97,7 +102,7 @@ impl Budget {
     }
 
     fn needed(&self) -> u64 {
-        self.configured as u64 + self.admin as u64 + RESERVE
+        self.configured as u64 + self.admin as u64 + RESERVE + self.upstream
     }
 }
 
@@ -119,11 +124,19 @@ impl fmt::Display for Budget {
         write!(
             f,
             "TCPIE_MAX_CONNECTIONS={} and TCPIE_ADMIN_MAX_CONNECTIONS={} with {RESERVE} \
-             descriptors reserved need {} open files, but the limit is {} (RLIMIT_NOFILE, \
+             descriptors reserved{} need {} open files, but the limit is {} (RLIMIT_NOFILE, \
              hard limit {hard}): the TCP port will hold at most {} connections. Raise the \
              limit (ulimit -n, the container runtime's nofile) or lower TCPIE_MAX_CONNECTIONS.",
             self.configured,
             self.admin,
+            if self.upstream > 0 {
+                format!(
+                    " and {} upstream connections (TCPIE_WORKERS)",
+                    self.upstream
+                )
+            } else {
+                String::new()
+            },
             self.needed(),
             self.open_files.limit,
             self.tcp

@@ -37,6 +37,13 @@ pub(crate) enum End {
     ShuttingDown,
     /// 503: waited in the queue past `TCPIE_QUEUE_TIMEOUT_MS`.
     QueueTimeout,
+    /// 502: the upstream failed before its response head.
+    UpstreamError,
+    /// 504: no response head from the upstream in time.
+    UpstreamTimeout,
+    /// A streamed answer (`status`) that broke off part way: its body failed (an upstream
+    /// dying mid-body, when `upstream`), or a write did not finish.
+    Truncated { status: u16, upstream: bool },
 }
 
 impl From<Refusal> for End {
@@ -68,12 +75,19 @@ impl End {
             End::Refused(_) => Outcome::BadRequest,
             End::ShuttingDown => Outcome::ShuttingDown,
             End::QueueTimeout => Outcome::QueueTimeout,
+            End::UpstreamError | End::Truncated { upstream: true, .. } => Outcome::UpstreamError,
+            End::Truncated { .. } => Outcome::WriteError,
+            End::UpstreamTimeout => Outcome::UpstreamTimeout,
         }
     }
 
     pub fn status(self) -> u16 {
         match self {
-            End::Processed { status } | End::WriteError { status } => status,
+            End::Processed { status }
+            | End::WriteError { status }
+            | End::Truncated { status, .. } => status,
+            End::UpstreamError => 502,
+            End::UpstreamTimeout => 504,
             End::RateLimited { .. } => 429,
             End::QueueFull | End::ShuttingDown | End::QueueTimeout => 503,
             End::HeadTimeout | End::BodyTimeout => 408,
@@ -86,7 +100,7 @@ impl End {
     pub fn answer(self, answers: &Answers) -> Option<Cow<'_, Answer>> {
         let a = answers;
         let answer = match self {
-            End::Processed { .. } | End::WriteError { .. } => return None,
+            End::Processed { .. } | End::WriteError { .. } | End::Truncated { .. } => return None,
             End::RateLimited { limit, retry_after } => {
                 return Some(a.too_many.answer(limit, retry_after))
             }
@@ -102,6 +116,8 @@ impl End {
             End::Refused(Reject::UnknownCoding) => &a.unknown_coding,
             End::Refused(Reject::Connect) => &a.connect,
             End::Refused(Reject::VersionNotSupported) => &a.version_not_supported,
+            End::UpstreamError => &a.upstream_error,
+            End::UpstreamTimeout => &a.upstream_timeout,
         };
         Some(Cow::Borrowed(answer))
     }
@@ -122,6 +138,8 @@ pub(crate) struct Answers {
     unknown_coding: Answer,
     connect: Answer,
     version_not_supported: Answer,
+    upstream_error: Answer,
+    upstream_timeout: Answer,
     /// The answer to a request whose handler panicked.
     pub internal_error: Answer,
 }
@@ -154,6 +172,8 @@ impl Answers {
                 None,
                 "HTTP version not supported: TCPie speaks HTTP/1.1\n",
             ),
+            upstream_error: Answer::prebuilt(502, None, "the upstream failed to answer\n"),
+            upstream_timeout: Answer::prebuilt(504, None, "the upstream did not answer in time\n"),
             internal_error: Answer::prebuilt(500, None, "internal error\n"),
         }
     }
@@ -223,6 +243,8 @@ mod tests {
             (End::ShuttingDown, 503, "shutting_down"),
             (End::QueueTimeout, 503, "queue_timeout"),
             (End::HeadTimeout, 408, "read_timeout"),
+            (End::UpstreamError, 502, "upstream_error"),
+            (End::UpstreamTimeout, 504, "upstream_timeout"),
             (End::BodyTimeout, 408, "read_timeout"),
             (End::Refused(Reject::BadRequest), 400, "bad_request"),
             (End::Refused(Reject::PayloadTooLarge), 413, "bad_request"),

@@ -14,16 +14,24 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use futures_util::FutureExt;
-use tokio::time::{sleep, Instant};
+use std::pin::pin;
+use std::time::Duration;
+
+use http_body::Body as _;
+use http_body_util::BodyExt as _;
+use tokio::time::{sleep, timeout, Instant};
 use tracing::Instrument;
 
-use super::connection::{Conn, ReadError};
+use super::connection::{BodyReader, Conn, ReadError, Truncated};
 use super::ending::{finish, End};
 use super::Core;
 use crate::admission::pool::{Entry, Permit, Wait};
 use crate::admission::Decision;
-use crate::handler::{Handler, Request, Response};
-use crate::http::{self, Body};
+use crate::handler::{
+    BodyError, BodySender, Failure, Handler, Request, RequestBody, Response, ResponseStream,
+    StreamError,
+};
+use crate::http::{self, Body, Framing, Reject};
 use crate::lifecycle::{Phase, Waited};
 use crate::metrics::Outcome;
 use crate::ratelimit::client_table::ClientId;
@@ -193,12 +201,18 @@ impl<'a> Exchange<'a> {
         let core = self.core;
         let id = conn.id;
         let lifecycle = &core.lifecycle;
-        let head = conn.read_head(core.config.max_header_bytes);
+        let streams = handler.streams_body();
+        let max_body = if streams {
+            core.config.max_body_bytes
+        } else {
+            http::MAX_BODY_BYTES
+        };
+        let head = conn.read_head(core.config.max_header_bytes, max_body);
         let read = lifecycle
             .within(Phase::HardStop, id, Some(deadline), head)
             .await;
         let (head, bytes) = read_or_stop(read, End::HeadTimeout)?;
-        let request = Request::new(bytes, &head);
+        let request = Request::new(bytes, &head, conn.peer);
         self.span.request(&request);
         let client = core.admission.client(conn.peer.ip(), &request);
         // Each request on a kept-alive connection is admitted on its own; one that is
@@ -222,14 +236,25 @@ impl<'a> Exchange<'a> {
         } else {
             None
         };
-        let body = conn.read_body(head.body);
-        let read = lifecycle
-            .within(Phase::HardStop, id, Some(deadline), body)
-            .await;
-        read_or_stop(read, End::BodyTimeout)?;
+        if !streams {
+            let body = conn.read_body(head.body);
+            let read = lifecycle
+                .within(Phase::HardStop, id, Some(deadline), body)
+                .await;
+            read_or_stop(read, End::BodyTimeout)?;
+        } else if !early {
+            // A body that streams is admitted once its first 64 KiB are in: a small body is
+            // then read whole before admission, and a slow one never takes a permit.
+            let body = conn.prefetch_body(head.body, max_body, http::MAX_BODY_BYTES as usize);
+            let read = lifecycle
+                .within(Phase::HardStop, id, Some(deadline), body)
+                .await;
+            read_or_stop(read, End::BodyTimeout)?;
+        }
+        let complete = !streams || head.body == Body::Empty;
         let (entry, quota) = match admitted {
             Some(admitted) => admitted,
-            None => self.admit(client, true)?,
+            None => self.admit(client, complete)?,
         };
         let admitted_at = Instant::now();
         // The `queue` span covers the wait for a permit: empty when one was free.
@@ -242,6 +267,13 @@ impl<'a> Exchange<'a> {
         let waited = admitted_at.elapsed();
         core.metrics.queue_wait.observe(waited.as_secs_f64());
         self.span.queued(waited);
+        if streams {
+            let body = (head.body, max_body);
+            return Box::pin(
+                self.process_streaming(conn, handler, &request, body, permit, keep_alive, quota),
+            )
+            .await;
+        }
         let end = self
             .process(conn, handler, &request, permit, keep_alive, quota)
             .await;
@@ -345,6 +377,201 @@ impl<'a> Exchange<'a> {
         end
     }
 
+    /// Runs a handler that streams bodies under the permit: the request body is passed to
+    /// it as it arrives while it works, and its answer (streamed, or whole) is written; the
+    /// permit goes back once the answer is written, or could not be.
+    #[allow(clippy::too_many_arguments)]
+    async fn process_streaming<H: Handler>(
+        &self,
+        conn: &mut Conn,
+        handler: &H,
+        request: &Request,
+        (framing, max_body): (Body, u64),
+        permit: Permit<'_>,
+        keep_alive: bool,
+        quota: Option<Quota>,
+    ) -> Result<Ended, Stop> {
+        let core = self.core;
+        let limit = core.config.write_timeout();
+        let (tx, body) = RequestBody::channel(request.body_length());
+        request.set_body(body);
+        let mut reader = BodyReader::new(framing, max_body);
+        let idle = core.config.read_timeout();
+        let id = conn.id;
+        let work = run_handler(core, handler, request).instrument(self.span.process_span());
+        let both = async {
+            let mut work = pin!(work);
+            let mut pump = pin!(pump(conn, &mut reader, tx, idle));
+            let mut pumped = None;
+            loop {
+                tokio::select! {
+                    biased;
+                    response = &mut work => break (response, pumped),
+                    done = &mut pump, if pumped.is_none() => pumped = Some(done),
+                }
+            }
+        };
+        let (response, pumped) = match core.lifecycle.within(Phase::HardStop, id, None, both).await
+        {
+            Waited::Done(answered) => answered,
+            Waited::TimedOut | Waited::Stopped => {
+                self.answer_refusal(conn, End::ShuttingDown, quota).await;
+                return Ok(ended(End::ShuttingDown, false));
+            }
+        };
+        // A body that failed decides the answer, whatever the handler made of it.
+        let complete = match pumped {
+            Some(Pumped::Complete) => true,
+            None if matches!(reader, BodyReader::Done) => true,
+            Some(Pumped::Failed(BodyError::Closed)) => return Err(Stop::Left),
+            Some(Pumped::Failed(failure)) => {
+                let end = match failure {
+                    BodyError::TooLarge => End::Refused(Reject::PayloadTooLarge),
+                    BodyError::TimedOut => End::BodyTimeout,
+                    BodyError::Malformed | BodyError::Closed => End::Refused(Reject::BadRequest),
+                };
+                self.answer_refusal(conn, end, quota).await;
+                return Ok(ended(end, false));
+            }
+            Some(Pumped::Abandoned) | None => false,
+        };
+        let response = match response {
+            Ok(response) => response,
+            Err(()) => {
+                let written = conn
+                    .answer(&core.answers.internal_error, &[], self.head_only, limit)
+                    .await;
+                return Ok(ended(processed(500, written), complete));
+            }
+        };
+        if let Some(failure) = response.marks.failure {
+            let end = match failure {
+                Failure::UpstreamTimeout => End::UpstreamTimeout,
+                Failure::UpstreamError => End::UpstreamError,
+            };
+            self.answer_refusal(conn, end, quota).await;
+            return Ok(ended(end, complete));
+        }
+        let end = self
+            .write_response(conn, request, response, keep_alive && complete, quota)
+            .await;
+        drop(permit);
+        let keep = keep_alive && complete && end.1;
+        Ok(Ended {
+            end: end.0,
+            complete: complete && end.1,
+            keep_alive: keep,
+        })
+    }
+
+    /// Writes a handler's answer with headers of its own or a streamed body; its end, and
+    /// whether the connection may carry on.
+    async fn write_response(
+        &self,
+        conn: &mut Conn,
+        request: &Request,
+        mut response: Response,
+        keep_alive: bool,
+        quota: Option<Quota>,
+    ) -> (End, bool) {
+        let core = self.core;
+        let limit = core.config.write_timeout();
+        let status = response.status;
+        if let Some(q) = quota {
+            let fields = q.fields();
+            for line in fields.as_bytes().split(|b| *b == b'\n') {
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                if let Some(colon) = line.iter().position(|b| *b == b':') {
+                    let (name, value) = (&line[..colon], &line[colon + 1..]);
+                    if let (Ok(n), Ok(v)) = (
+                        ::http::HeaderName::from_bytes(name),
+                        ::http::HeaderValue::from_bytes(value.trim_ascii()),
+                    ) {
+                        response.headers.append(n, v);
+                    }
+                }
+            }
+        }
+        let date = !response.headers.contains_key(::http::header::DATE);
+        let no_body = self.head_only || status == 204 || status == 304 || status < 200;
+        let Some(mut stream) = response.stream.take() else {
+            let framing = if status == 204 || status < 200 {
+                Framing::Nothing
+            } else {
+                Framing::Length(response.body.len() as u64)
+            };
+            let mut head = Vec::with_capacity(256);
+            http::full_head(
+                &mut head,
+                status,
+                response.content_type,
+                &response.headers,
+                framing,
+                keep_alive,
+            );
+            let body = http_body_util::Full::new(std::mem::take(&mut response.body));
+            let mut whole =
+                ResponseStream {
+                    length: Some(body.size_hint().exact().unwrap_or(0)),
+                    body: Box::pin(body.map_err(
+                        |never: std::convert::Infallible| -> StreamError { match never {} },
+                    )),
+                };
+            let framing = if framing == Framing::Nothing || no_body {
+                Framing::Nothing
+            } else {
+                framing
+            };
+            let written = conn
+                .answer_stream(&head, date, &mut whole, framing, limit)
+                .await;
+            return (
+                processed(status, written.is_ok()),
+                keep_alive && written.is_ok(),
+            );
+        };
+        let framing = match stream.length {
+            _ if status == 204 || status < 200 => Framing::Nothing,
+            Some(n) => Framing::Length(n),
+            None if no_body => Framing::Nothing,
+            None if request.version() == "1.0" => Framing::Close,
+            None => Framing::Chunked,
+        };
+        let keep_alive = keep_alive && framing != Framing::Close;
+        let mut head = Vec::with_capacity(512);
+        http::full_head(
+            &mut head,
+            status,
+            response.content_type,
+            &response.headers,
+            framing,
+            keep_alive,
+        );
+        // A HEAD or 304 answer says the length of the body it does not carry.
+        let on_wire = if no_body { Framing::Nothing } else { framing };
+        let lifecycle = &core.lifecycle;
+        let id = conn.id;
+        let write = conn.answer_stream(&head, date, &mut stream, on_wire, limit);
+        match lifecycle.within(Phase::HardStop, id, None, write).await {
+            Waited::Done(Ok(())) => (End::Processed { status }, keep_alive),
+            Waited::Done(Err(Truncated::Body)) => (
+                End::Truncated {
+                    status,
+                    upstream: response.marks.from_upstream,
+                },
+                false,
+            ),
+            Waited::Done(Err(Truncated::Write)) => (End::WriteError { status }, false),
+            Waited::TimedOut | Waited::Stopped => (
+                End::Truncated {
+                    status,
+                    upstream: false,
+                },
+                false,
+            ),
+        }
+    }
+
     /// Writes the prebuilt answer of a refusal, with the `RateLimit` fields of `quota`.
     async fn answer_refusal(&self, conn: &mut Conn, end: End, quota: Option<Quota>) {
         if let Some(answer) = end.answer(&self.core.answers) {
@@ -372,6 +599,45 @@ fn read_or_stop<T>(read: Waited<Result<T, ReadError>>, timed_out: End) -> Result
         }
         Waited::TimedOut => Err(refused(timed_out, None, false)),
         Waited::Stopped => Err(refused(End::ShuttingDown, None, false)),
+    }
+}
+
+fn ended(end: End, complete: bool) -> Ended {
+    Ended {
+        end,
+        complete,
+        keep_alive: false,
+    }
+}
+
+/// How passing a request body on ended.
+enum Pumped {
+    /// Read to its end.
+    Complete,
+    /// The handler stopped taking it.
+    Abandoned,
+    Failed(BodyError),
+}
+
+/// Passes a request body from the socket to the handler as it arrives, each read within
+/// `idle` (a body that stops arriving ends in `TimedOut`).
+async fn pump(conn: &mut Conn, reader: &mut BodyReader, to: BodySender, idle: Duration) -> Pumped {
+    loop {
+        let failure = match timeout(idle, conn.body_piece(reader)).await {
+            Ok(Ok(Some(data))) => {
+                if to.send(Ok(data)).await.is_err() {
+                    return Pumped::Abandoned;
+                }
+                continue;
+            }
+            Ok(Ok(None)) => return Pumped::Complete,
+            Ok(Err(ReadError::Closed)) => BodyError::Closed,
+            Ok(Err(ReadError::Rejected(Reject::PayloadTooLarge))) => BodyError::TooLarge,
+            Ok(Err(ReadError::Rejected(_))) => BodyError::Malformed,
+            Err(_) => BodyError::TimedOut,
+        };
+        let _ = to.send(Err(failure)).await;
+        return Pumped::Failed(failure);
     }
 }
 

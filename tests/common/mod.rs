@@ -244,18 +244,27 @@ pub async fn read_reply(stream: &mut TcpStream) -> std::io::Result<Reply> {
 
 pub fn parse_reply(raw: Vec<u8>) -> std::io::Result<Reply> {
     let bad = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_string());
-    let text = String::from_utf8_lossy(&raw).into_owned();
+    // Found in the bytes, not in a lossy text: a body need not be UTF-8.
+    let mut start = 0;
     // Skip interim 100 Continue responses.
-    let mut rest = text.as_str();
-    while rest.starts_with("HTTP/1.1 100") {
-        rest = &rest[rest.find("\r\n\r\n").ok_or_else(|| bad("truncated 100"))? + 4..];
+    while raw[start..].starts_with(b"HTTP/1.1 100") {
+        let end = raw[start..]
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .ok_or_else(|| bad("truncated 100"))?;
+        start += end + 4;
     }
-    let end = rest
-        .find("\r\n\r\n")
-        .ok_or_else(|| bad(&format!("no complete head in {text:?}")))?;
-    let head = rest[..end].to_string();
-    let body_start = raw.len() - rest.len() + end + 4;
-    let body = raw[body_start..].to_vec();
+    let end = raw[start..]
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| {
+            bad(&format!(
+                "no complete head in {:?}",
+                String::from_utf8_lossy(&raw)
+            ))
+        })?;
+    let head = String::from_utf8_lossy(&raw[start..start + end]).into_owned();
+    let body = raw[start + end + 4..].to_vec();
     let status = head
         .split(' ')
         .nth(1)
