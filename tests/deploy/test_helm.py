@@ -14,7 +14,7 @@ import pytest
 import yaml
 from helm_python import chart
 
-from conftest import BINARY, ROOT, http
+from conftest import BINARY, ROOT, free_port, http
 
 CHART = ROOT / "helm" / "tcpie"
 SCENARIOS = sorted((CHART / "ci").glob("*-values.yaml"))
@@ -408,3 +408,41 @@ def test_every_value_has_a_sentence_and_a_row_in_the_readme():
     assert readme[start : readme.index("<!-- values-table:end -->")] == r.stdout
     # And the schema knows every key (additionalProperties: false would refuse it otherwise).
     render({})
+
+
+def test_the_sidecar_scenario_puts_tcpie_in_front_of_the_pods_app(start_tcpie, tmp_path):
+    """ci/sidecar-values.yaml, rendered and started: the app is a second container on
+    loopback, the Service targets TCPie's port, and TCPie forwards what it admits to the
+    app's port (here a real upstream, listening where the app would)."""
+    import sys
+
+    docs = documents(render(values(CHART / "ci" / "sidecar-values.yaml")))
+    pod = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["containers"]] == ["tcpie", "app"]
+    service = by_kind(docs, "Service")[0]
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["tcp", "admin"]
+    env = container_env(docs, {"K8S_POD_NAME": "tcpie-abc", "K8S_NAMESPACE": NAMESPACE})
+    assert env["TCPIE_UPSTREAM"] == "http://127.0.0.1:8000"
+    port = free_port()
+    app = subprocess.Popen([sys.executable, str(Path(__file__).parent / "upstream_server.py"), str(port)],
+                           stdout=subprocess.PIPE, text=True)
+    try:
+        assert "listening" in app.stdout.readline()
+        env = {**env, "TCPIE_HOST": "127.0.0.1", "TCPIE_PORT": "0", "TCPIE_ADMIN_PORT": "0",
+               "TCPIE_UPSTREAM": f"http://127.0.0.1:{port}"}
+        tcpie = start_tcpie(env)
+        status, body = http(f"http://{tcpie.tcp}/echo")
+        assert status == 200 and json.loads(body)["method"] == "GET"
+        assert 'tcpie_upstream_requests_total{class="2xx"} 1' in tcpie.metrics()
+    finally:
+        app.terminate()
+        app.wait(timeout=10)
+
+
+def test_the_tier_scenario_forwards_to_a_service_by_name():
+    docs = documents(render(values(CHART / "ci" / "tier-values.yaml")))
+    env = container_env(docs, {"K8S_POD_NAME": "tcpie-abc", "K8S_NAMESPACE": NAMESPACE})
+    assert env["TCPIE_UPSTREAM"] == "http://checkout.shop.svc:8080"
+    assert env["TCPIE_UPSTREAM_TIMEOUT_MS"] == "10000"
+    r = subprocess.run([str(BINARY), "healthcheck"], env={"PATH": os.environ["PATH"], **env}, capture_output=True)
+    assert b"configuration error" not in r.stderr, r.stderr
