@@ -1,5 +1,6 @@
-"""The local stack, `docker-compose.yml` unchanged, run by Debian's compose v1.29: TCPie,
-Prometheus and Alertmanager up; Prometheus scrapes TCPie over the compose network, loads
+"""The local stack, `docker-compose.yml` unchanged, run by Debian's compose v1.29: TCPie in
+front of the app (busybox's httpd), Prometheus and Alertmanager up; requests reach the app
+through TCPie; Prometheus scrapes TCPie over the compose network, loads
 the project's rules and finds its Alertmanager; the `load` profile makes TCPie shed (200s,
 429s and 503s in the stack's own Prometheus) while the `calm` client is never rate-limited;
 an alert fired by the shipped rules reaches Alertmanager.
@@ -22,7 +23,7 @@ from conftest import ROOT, http, step, wait_for
 
 PROJECT = "tcpie-citest"
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-SERVICES = ["tcpie", "prometheus", "alertmanager"]
+SERVICES = ["tcpie", "app", "prometheus", "alertmanager"]
 PROMETHEUS = "http://127.0.0.1:9090"
 ALERTMANAGER = "http://127.0.0.1:9093"
 
@@ -57,7 +58,7 @@ def stack(docker, base_images):
     docker.compose(PROJECT, "down", "-v", "--remove-orphans", check=False)
     with step("compose: build tcpie"):
         docker.compose(PROJECT, "build", "tcpie", timeout=3600)
-    with step("compose: up tcpie, prometheus, alertmanager"):
+    with step("compose: up tcpie, app, prometheus, alertmanager"):
         docker.compose(PROJECT, "up", "-d", "--no-deps", *SERVICES)
         wait_for("TCPie healthy", lambda: health(docker, "tcpie") == "healthy", timeout=60)
         wait_for("Prometheus ready", lambda: http(f"{PROMETHEUS}/-/ready", timeout=1)[0] == 200, timeout=60)
@@ -76,6 +77,13 @@ def container(docker, service: str) -> str:
 def health(docker, service: str) -> str:
     cid = container(docker, service)
     return docker.inspect(cid)["State"].get("Health", {}).get("Status", "none") if cid else "absent"
+
+
+def test_requests_reach_the_app_through_tcpie(stack):
+    status, body = http("http://127.0.0.1:8080/")
+    assert (status, body) == (200, b"hello from the app behind TCPie\n")
+    status, text = http("http://127.0.0.1:9091/metrics")
+    assert 'tcpie_upstream_requests_total{class="2xx"} 1' in text.decode()
 
 
 def test_prometheus_scrapes_tcpie_loads_the_rules_and_finds_alertmanager(stack):

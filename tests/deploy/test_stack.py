@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import BINARY, ROOT, http, loopback_env
+from conftest import BINARY, ROOT, free_port, http, loopback_env
 
 PROMETHEUS_DIR = ROOT / "prometheus"
 DASHBOARDS = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
@@ -166,10 +166,27 @@ def test_the_compose_environment_starts_tcpie_and_passes_its_healthcheck(start_t
     service = compose()["services"]["tcpie"]
     env = {k: str(v) for k, v in service["environment"].items()}
     assert any(k.startswith("TCPIE_") for k in env)
-    # Ports remapped to free loopback ports; everything else exactly as compose sets it.
-    overrides = {"TCPIE_HOST": "127.0.0.1", "TCPIE_PORT": "0", "TCPIE_ADMIN_PORT": "0"}
-    tcpie = start_tcpie({**env, **overrides})
-    assert tcpie.get() == 200
+    # Ports remapped to free loopback ports, and the app (the compose file's own, busybox's
+    # httpd serving compose/app) started here where compose would name it; everything else
+    # exactly as compose sets it.
+    app = compose()["services"]["app"]
+    assert env["TCPIE_UPSTREAM"] == "http://app:8000" and "8000" in app["command"]
+    app_port = free_port()
+    root = ROOT / app["volumes"][0].split(":")[0]
+    httpd = subprocess.Popen(["busybox", "httpd", "-f", "-p", f"127.0.0.1:{app_port}", "-h", str(root)])
+    try:
+        overrides = {
+            "TCPIE_HOST": "127.0.0.1",
+            "TCPIE_PORT": "0",
+            "TCPIE_ADMIN_PORT": "0",
+            "TCPIE_UPSTREAM": f"http://127.0.0.1:{app_port}",
+        }
+        tcpie = start_tcpie({**env, **overrides})
+        status, body = http(f"http://{tcpie.tcp}/")
+        assert (status, body) == (200, b"hello from the app behind TCPie\n")
+    finally:
+        httpd.terminate()
+        httpd.wait()
     # The compose healthcheck, with the image's path replaced by the local binary; it
     # reads the admin port from the same environment as the server.
     admin_port = tcpie.admin.rsplit(":", 1)[1]
