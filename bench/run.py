@@ -46,9 +46,10 @@ class Server(harness.Process):
 
 
 def start_tcpie(extra: dict, binary: Path = TCPIE) -> harness.Tcpie:
-    env = harness.loopback_env(
-        TCPIE_BURST="0", TCPIE_WORKERS="4", TCPIE_QUEUE_SIZE="4096", TCPIE_MAX_CONNECTIONS="20000", **extra
-    )
+    env = harness.loopback_env(**{
+        "TCPIE_BURST": "0", "TCPIE_WORKERS": "4", "TCPIE_QUEUE_SIZE": "4096", "TCPIE_MAX_CONNECTIONS": "20000",
+        **extra,
+    })
     return harness.Tcpie(env, binary)
 
 
@@ -244,6 +245,68 @@ def scenario_d(out: list[str]) -> dict:
     return figures
 
 
+class Fronted:
+    """A proxy and the backend behind it: measured as the proxy alone (its CPU, its
+    memory), stopped together."""
+
+    def __init__(self, proxy, backend):
+        self.proxy, self.backend, self.port = proxy, backend, proxy.port
+
+    def cpu_seconds(self) -> float:
+        return self.proxy.cpu_seconds()
+
+    def rss_kib(self, field: str = "VmRSS") -> int:
+        return self.proxy.rss_kib(field)
+
+    def stop(self) -> None:
+        self.proxy.stop()
+        self.backend.stop()
+
+
+def proxies(keepalive: bool) -> list:
+    """TCPie (upstream mode), nginx (proxy_pass, an upstream keepalive pool) and HAProxy in
+    front of the same fast backend (bare tokio, keep-alive), each proxy started with its
+    own backend."""
+
+    def tcpie():
+        backend = start_bare(True)
+        env = {"TCPIE_UPSTREAM": f"http://127.0.0.1:{backend.port}", "TCPIE_WORKERS": "512",
+               "TCPIE_MAX_REQUESTS_PER_CONNECTION": "1000000"}
+        if keepalive:
+            env["TCPIE_KEEP_ALIVE"] = "true"
+        return Fronted(start_tcpie(env), backend)
+
+    def configured(name, template, argv):
+        backend = start_bare(True)
+        port = free_port()
+        prefix = Path(tempfile.mkdtemp(prefix=f"bench-proxy-{name}-"))
+        conf = (ROOT / "bench" / template).read_text()
+        conf = conf.replace("@PORT@", str(port)).replace("@BACKEND@", str(backend.port)).replace("@PREFIX@", str(prefix))
+        conf = conf.replace("@KEEPALIVE@", ("75s" if keepalive else "0") if name == "nginx" else ("75s" if keepalive else "1s"))
+        conf = conf.replace("@CLOSEMODE@", "http-keep-alive" if keepalive else "httpclose")
+        (prefix / template.replace(".in", "")).write_text(conf)
+        return Fronted(Server(name, argv(prefix / template.replace(".in", ""), prefix), None, port, True), backend)
+
+    return [
+        ("tcpie → backend", tcpie),
+        ("nginx → backend", lambda: configured("nginx", "proxy-nginx.conf.in", lambda c, p: ["nginx", "-c", str(c), "-p", str(p)])),
+        ("haproxy → backend", lambda: configured("haproxy", "proxy-haproxy.cfg.in", lambda c, p: ["haproxy", "-W", "-db", "-f", str(c)])),
+    ]
+
+
+def scenario_p(out: list[str]) -> dict:
+    """Proxying: TCPie in upstream mode beside nginx and HAProxy in front of one fast
+    backend; the CPU figure is the proxy's alone."""
+    figures = {}
+    for keepalive, label in ((True, "keep-alive"), (False, "connection per request")):
+        for threads in WRK_THREADS:
+            results = interleaved(proxies(keepalive), connections=64, close=not keepalive, threads=threads)
+            out.append(table(f"P. Proxying to a fast backend, {label}, 64 connections, wrk -t{threads} "
+                             f"(medians of {ROUNDS} interleaved rounds; CPU of the proxy alone)", results, COLUMNS))
+            figures[f"{'ka' if keepalive else 'close'}-t{threads}"] = medians(results)
+    return figures
+
+
 def scenario_s(out: list[str]) -> dict:
     """System calls per request, connection per request, from a short strace -c -f run of
     its own (tracing slows the server down, so it is kept out of the timed runs)."""
@@ -329,7 +392,7 @@ def scenario_e(out: list[str]) -> None:
 
 
 def main() -> int:
-    only = set(sys.argv[1:]) or {"A", "B", "C", "D", "S", "T", "K", "E"}
+    only = set(sys.argv[1:]) or {"A", "B", "C", "D", "P", "S", "T", "K", "E"}
     out = [f"## Run of {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"]
     out.append(f"\nMachine: {os.cpu_count()} cores, {open('/proc/meminfo').readline().split()[1]} kB memory; "
                f"{harness.wrk_version()}; "
@@ -345,6 +408,8 @@ def main() -> int:
         figures["C"] = scenario_c(out)
     if "D" in only:
         figures["D"] = scenario_d(out)
+    if "P" in only:
+        figures["P"] = scenario_p(out)
     if "S" in only:
         figures["S"] = scenario_s(out)
     if "T" in only:

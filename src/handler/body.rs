@@ -33,7 +33,8 @@ pub enum BodyError {
 /// or read it with [`RequestBody::chunk`].
 #[derive(Debug)]
 pub struct RequestBody {
-    chunks: mpsc::Receiver<Result<Bytes, BodyError>>,
+    /// `None` for a request without a body: nothing to pass on, no channel made.
+    chunks: Option<mpsc::Receiver<Result<Bytes, BodyError>>>,
     length: Option<u64>,
     done: bool,
 }
@@ -52,11 +53,20 @@ impl RequestBody {
         (
             tx,
             RequestBody {
-                chunks: rx,
+                chunks: Some(rx),
                 length,
                 done,
             },
         )
+    }
+
+    /// The body of a request that has none.
+    pub(crate) fn empty() -> RequestBody {
+        RequestBody {
+            chunks: None,
+            length: Some(0),
+            done: true,
+        }
     }
 
     /// The next piece of the body; `None` at its end.
@@ -64,7 +74,7 @@ impl RequestBody {
         if self.done {
             return None;
         }
-        let next = self.chunks.recv().await;
+        let next = self.chunks.as_mut()?.recv().await;
         if !matches!(next, Some(Ok(_))) {
             self.done = true;
         }
@@ -83,7 +93,10 @@ impl Body for RequestBody {
         if self.done {
             return Poll::Ready(None);
         }
-        match self.chunks.poll_recv(cx) {
+        let Some(chunks) = self.chunks.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match chunks.poll_recv(cx) {
             Poll::Ready(Some(Ok(data))) => Poll::Ready(Some(Ok(Frame::data(data)))),
             Poll::Ready(other) => {
                 self.done = true;

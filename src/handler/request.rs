@@ -110,6 +110,16 @@ impl Request {
         }
     }
 
+    /// The request target as shared bytes (no copy).
+    pub(crate) fn path_bytes(&self) -> Bytes {
+        self.head.slice(self.path.clone())
+    }
+
+    /// The head as shared bytes (no copy).
+    pub(crate) fn head_bytes(&self) -> &Bytes {
+        &self.head
+    }
+
     /// The raw request head, request line to blank line.
     pub fn head(&self) -> &[u8] {
         &self.head

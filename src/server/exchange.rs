@@ -393,31 +393,41 @@ impl<'a> Exchange<'a> {
     ) -> Result<Ended, Stop> {
         let core = self.core;
         let limit = core.config.write_timeout();
-        let (tx, body) = RequestBody::channel(request.body_length());
-        request.set_body(body);
-        let mut reader = BodyReader::new(framing, max_body);
-        let idle = core.config.read_timeout();
         let id = conn.id;
+        let mut reader = BodyReader::new(framing, max_body);
         let work = run_handler(core, handler, request).instrument(self.span.process_span());
-        let both = async {
-            let mut work = pin!(work);
-            let mut pump = pin!(pump(conn, &mut reader, tx, idle));
-            let mut pumped = None;
-            loop {
-                tokio::select! {
-                    biased;
-                    response = &mut work => break (response, pumped),
-                    done = &mut pump, if pumped.is_none() => pumped = Some(done),
+        let answered = if framing == Body::Empty {
+            // Nothing to pass on: the handler alone, and no channel.
+            request.set_body(RequestBody::empty());
+            let work = core.lifecycle.within(Phase::HardStop, id, None, work);
+            match Box::pin(work).await {
+                Waited::Done(response) => Some((response, Some(Pumped::Complete))),
+                Waited::TimedOut | Waited::Stopped => None,
+            }
+        } else {
+            let (tx, body) = RequestBody::channel(request.body_length());
+            request.set_body(body);
+            let idle = core.config.read_timeout();
+            let both = async {
+                let mut work = pin!(work);
+                let mut pump = pin!(pump(conn, &mut reader, tx, idle));
+                let mut pumped = None;
+                loop {
+                    tokio::select! {
+                        biased;
+                        response = &mut work => break (response, pumped),
+                        done = &mut pump, if pumped.is_none() => pumped = Some(done),
+                    }
                 }
+            };
+            match Box::pin(core.lifecycle.within(Phase::HardStop, id, None, both)).await {
+                Waited::Done(answered) => Some(answered),
+                Waited::TimedOut | Waited::Stopped => None,
             }
         };
-        let (response, pumped) = match core.lifecycle.within(Phase::HardStop, id, None, both).await
-        {
-            Waited::Done(answered) => answered,
-            Waited::TimedOut | Waited::Stopped => {
-                self.answer_refusal(conn, End::ShuttingDown, quota).await;
-                return Ok(ended(End::ShuttingDown, false));
-            }
+        let Some((response, pumped)) = answered else {
+            self.answer_refusal(conn, End::ShuttingDown, quota).await;
+            return Ok(ended(End::ShuttingDown, false));
         };
         // A body that failed decides the answer, whatever the handler made of it.
         let complete = match pumped {
@@ -452,9 +462,9 @@ impl<'a> Exchange<'a> {
             self.answer_refusal(conn, end, quota).await;
             return Ok(ended(end, complete));
         }
-        let end = self
-            .write_response(conn, request, response, keep_alive && complete, quota)
-            .await;
+        let end =
+            Box::pin(self.write_response(conn, request, response, keep_alive && complete, quota))
+                .await;
         drop(permit);
         let keep = keep_alive && complete && end.1;
         Ok(Ended {

@@ -1,145 +1,197 @@
-//! The connections to the upstream: hyper's client and its pool (kept alive, reused, idle
-//! ones closed after `TCPIE_UPSTREAM_IDLE_TIMEOUT_MS`), over a connector that resolves the
-//! upstream's name for every new connection and counts what becomes of them.
+//! The connections to the upstream: hyper's HTTP/1.1 client connections, kept alive in a
+//! small pool of idle ones (at most one a permit, each closed after
+//! `TCPIE_UPSTREAM_IDLE_TIMEOUT_MS`), made on demand within
+//! `TCPIE_UPSTREAM_CONNECT_TIMEOUT_MS`, the upstream's name resolved again for every new
+//! connection (as a Kubernetes Service needs).
+//!
+//! A connection goes back to the pool only once the response on it has been read to its
+//! end, the only point at which HTTP/1.1 can carry another request on it; a response that
+//! breaks off takes its connection with it. A request that finds its idle connection closed
+//! by the upstream before a byte of it was sent is sent again, once, on a new one.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
-use hyper::rt::{Read, ReadBufCursor, Write};
-use hyper::Uri;
-use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tower_service::Service;
+use tokio::time::{sleep, timeout, Instant};
 
 use crate::handler::RequestBody;
 use crate::metrics::{ConnectionEvent, UpstreamMetrics};
 
-/// The client of the upstream.
-pub(crate) type UpstreamClient = Client<Counting, RequestBody>;
-
-/// How many requests a connection has carried, seen in each response's extensions.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct Uses(Arc<AtomicU64>);
-
-impl Uses {
-    /// Counts a request on the connection; whether it came after another (a reuse).
-    pub fn reused(&self) -> bool {
-        self.0.fetch_add(1, Ordering::Relaxed) > 0
-    }
+/// Why a request got no response head.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SendError {
+    #[error("cannot connect to the upstream: {0}")]
+    Connect(String),
+    #[error("the upstream failed before its response head: {0}")]
+    Response(#[from] hyper::Error),
 }
 
-/// hyper's HTTP connector, counting connections opened and failed.
-#[derive(Clone)]
-pub(crate) struct Counting {
-    http: HttpConnector,
-    metrics: UpstreamMetrics,
-}
-
-/// A connection to the upstream, tagged so that its reuse shows.
-pub(crate) struct Tagged {
-    io: TokioIo<TcpStream>,
-    uses: Uses,
-}
-
-impl Service<Uri> for Counting {
-    type Response = Tagged;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
-    type Future = Pin<Box<dyn Future<Output = Result<Tagged, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.http.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let connecting = self.http.call(uri);
-        let metrics = self.metrics.clone();
-        Box::pin(async move {
-            match connecting.await {
-                Ok(io) => {
-                    metrics.connection(ConnectionEvent::Opened);
-                    Ok(Tagged {
-                        io,
-                        uses: Uses::default(),
-                    })
-                }
-                Err(e) => {
-                    metrics.connection(ConnectionEvent::Failed);
-                    Err(e.into())
-                }
-            }
-        })
-    }
-}
-
-impl Connection for Tagged {
-    fn connected(&self) -> Connected {
-        self.io.connected().extra(self.uses.clone())
-    }
-}
-
-impl Read for Tagged {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: ReadBufCursor<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl Write for Tagged {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-}
-
-/// The client: connections made within `connect_timeout`, at most `idle_per_host` kept
-/// idle (the permits bound how many are busy), each for `idle_timeout`.
-pub(crate) fn build(
+/// The pool of one upstream.
+pub(crate) struct Pool {
+    host: String,
+    port: u16,
     connect_timeout: Duration,
     idle_timeout: Duration,
-    idle_per_host: usize,
+    max_idle: usize,
+    /// Idle connections, the most recently used last (reused first: it is the warmest).
+    idle: Mutex<Vec<(SendRequest<RequestBody>, Instant)>>,
     metrics: UpstreamMetrics,
-) -> UpstreamClient {
-    let mut http = HttpConnector::new();
-    http.enforce_http(true);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(connect_timeout));
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(idle_timeout)
-        .pool_max_idle_per_host(idle_per_host)
-        .pool_timer(TokioTimer::new())
-        // Host is the client's, as it sent it.
-        .set_host(false)
-        .build(Counting { http, metrics })
+}
+
+/// A connection lent to one request, given back when its response has been read whole.
+pub(crate) struct Lease {
+    pool: Arc<Pool>,
+    sender: Option<SendRequest<RequestBody>>,
+}
+
+impl Lease {
+    /// The response was read to its end: the connection may carry another request.
+    pub fn release(mut self) {
+        if let Some(sender) = self.sender.take() {
+            self.pool.give_back(sender);
+        }
+    }
+}
+
+impl Pool {
+    /// The pool, and a task that closes connections idle for longer than `idle_timeout`.
+    pub fn new(
+        host: String,
+        port: u16,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+        max_idle: usize,
+        metrics: UpstreamMetrics,
+    ) -> Arc<Pool> {
+        let pool = Arc::new(Pool {
+            host,
+            port,
+            connect_timeout,
+            idle_timeout,
+            max_idle,
+            idle: Mutex::new(Vec::with_capacity(max_idle)),
+            metrics,
+        });
+        tokio::spawn(sweep(Arc::downgrade(&pool), idle_timeout));
+        pool
+    }
+
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<(SendRequest<RequestBody>, Instant)>> {
+        // Every change is one push, pop or retain: a poisoned lock holds a valid list.
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn give_back(&self, sender: SendRequest<RequestBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle();
+        if idle.len() < self.max_idle {
+            idle.push((sender, Instant::now()));
+        }
+    }
+
+    /// The most recently used idle connection not yet idle too long, if one is.
+    fn checkout(&self) -> Option<SendRequest<RequestBody>> {
+        let now = Instant::now();
+        let mut idle = self.idle();
+        while let Some((sender, since)) = idle.pop() {
+            if now.duration_since(since) < self.idle_timeout && !sender.is_closed() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    /// An idle connection ready for a request. One given back the moment its response
+    /// ended may not be ready yet (its task has still to see the end): it is waited for,
+    /// not thrown away; one the upstream closed is.
+    async fn reuse(&self) -> Option<SendRequest<RequestBody>> {
+        while let Some(mut sender) = self.checkout() {
+            if sender.ready().await.is_ok() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    async fn connect(&self) -> Result<SendRequest<RequestBody>, SendError> {
+        let connecting = TcpStream::connect((self.host.as_str(), self.port));
+        let stream = match timeout(self.connect_timeout, connecting).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                self.metrics.connection(ConnectionEvent::Failed);
+                return Err(SendError::Connect(e.to_string()));
+            }
+            Err(_) => {
+                self.metrics.connection(ConnectionEvent::Failed);
+                return Err(SendError::Connect(format!(
+                    "no connection within {} ms (TCPIE_UPSTREAM_CONNECT_TIMEOUT_MS)",
+                    self.connect_timeout.as_millis()
+                )));
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .inspect_err(|_| self.metrics.connection(ConnectionEvent::Failed))?;
+        self.metrics.connection(ConnectionEvent::Opened);
+        // The connection's own task: it ends when the sender is dropped (closed for
+        // good, or idle too long) or the upstream closes.
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(sender)
+    }
+
+    /// Sends `request` on an idle connection, or a new one; the response head, and the
+    /// connection to give back once its body has been read.
+    pub async fn send(
+        self: &Arc<Pool>,
+        request: http::Request<RequestBody>,
+    ) -> Result<(http::Response<Incoming>, Lease), SendError> {
+        let mut request = request;
+        if let Some(mut sender) = self.reuse().await {
+            self.metrics.connection(ConnectionEvent::Reused);
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok((response, self.lease(sender))),
+                // Closed by the upstream while idle, before a byte of the request went:
+                // sent again, once, on a new connection.
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if e.error().is_canceled() || e.error().is_closed() => {
+                        request = unsent;
+                    }
+                    _ => return Err(SendError::Response(e.into_error())),
+                },
+            }
+        }
+        let mut sender = self.connect().await?;
+        let response = sender.send_request(request).await?;
+        Ok((response, self.lease(sender)))
+    }
+
+    fn lease(self: &Arc<Pool>, sender: SendRequest<RequestBody>) -> Lease {
+        Lease {
+            pool: self.clone(),
+            sender: Some(sender),
+        }
+    }
+}
+
+/// Closes the connections idle for longer than `idle_timeout`, until the pool goes.
+async fn sweep(pool: Weak<Pool>, idle_timeout: Duration) {
+    let every = (idle_timeout / 2).max(Duration::from_millis(100));
+    loop {
+        sleep(every).await;
+        let Some(pool) = pool.upgrade() else { return };
+        let now = Instant::now();
+        pool.idle().retain(|(sender, since)| {
+            now.duration_since(*since) < idle_timeout && !sender.is_closed()
+        });
+    }
 }

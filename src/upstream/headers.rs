@@ -5,6 +5,9 @@
 //! upstream, nor one of the upstream's the client. `X-Forwarded-For` gets the peer appended,
 //! `X-Forwarded-Proto` is set; `Host` passes as the client sent it.
 
+use std::io::Write;
+
+use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::http::fields;
@@ -51,9 +54,9 @@ pub fn asks_upgrade(head: &[u8]) -> bool {
 /// The fields to forward of a request `head` from `peer`: the end-to-end ones as sent (but
 /// `Expect`, which TCPie answered itself, and the trace context when `own_trace` replaces
 /// it), then `X-Forwarded-For` with `peer` appended and `X-Forwarded-Proto: http`.
-pub fn request_fields(head: &[u8], peer: std::net::IpAddr, own_trace: bool) -> HeaderMap {
+pub fn request_fields(head: &Bytes, peer: std::net::IpAddr, own_trace: bool) -> HeaderMap {
     let named = named_by_connection(fields(head));
-    let mut out = HeaderMap::new();
+    let mut out = HeaderMap::with_capacity(16);
     let mut forwarded_for: Vec<u8> = Vec::new();
     for (name, value) in fields(head) {
         if dropped(name, &named)
@@ -76,14 +79,20 @@ pub fn request_fields(head: &[u8], peer: std::net::IpAddr, own_trace: bool) -> H
         }
         // The head was parsed, so its names and values are valid; one that is not is left
         // out rather than forwarded broken.
-        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
+        // Values are slices of the head itself: nothing is copied.
+        let at = value.as_ptr() as usize - head.as_ptr() as usize;
+        let value = head.slice(at..at + value.len());
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name),
+            HeaderValue::from_maybe_shared(value),
+        ) {
             out.append(n, v);
         }
     }
     if !forwarded_for.is_empty() {
         forwarded_for.extend_from_slice(b", ");
     }
-    forwarded_for.extend_from_slice(peer.to_string().as_bytes());
+    let _ = write!(forwarded_for, "{peer}");
     if let Ok(v) = HeaderValue::from_bytes(&forwarded_for) {
         out.insert(HeaderName::from_static("x-forwarded-for"), v);
     }
@@ -122,7 +131,11 @@ mod tests {
             Keep-Alive: timeout=5\r\nTE: trailers\r\nUpgrade: h2c\r\nProxy-Connection: close\r\n\
             X-Secret: 1\r\nContent-Length: 3\r\nExpect: 100-continue\r\nX-Kept: yes\r\n\
             X-Forwarded-For: 10.0.0.1\r\nX-Forwarded-Proto: https\r\n\r\n";
-        let out = request_fields(head, "192.0.2.7".parse().unwrap(), false);
+        let out = request_fields(
+            &Bytes::from_static(head),
+            "192.0.2.7".parse().unwrap(),
+            false,
+        );
         let names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
         assert_eq!(
             names,
@@ -137,15 +150,19 @@ mod tests {
     fn forwarded_for_joins_every_line_then_the_peer() {
         let head =
             b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: a\r\nx-forwarded-for: b, c\r\n\r\n";
-        let out = request_fields(head, "::1".parse().unwrap(), false);
+        let out = request_fields(&Bytes::from_static(head), "::1".parse().unwrap(), false);
         assert_eq!(out["x-forwarded-for"], "a, b, c, ::1");
         let head = b"GET / HTTP/1.1\r\nHost: h\r\ntraceparent: 00-1-2-01\r\n\r\n";
-        assert!(request_fields(head, "::1".parse().unwrap(), true)
-            .get("traceparent")
-            .is_none());
-        assert!(request_fields(head, "::1".parse().unwrap(), false)
-            .get("traceparent")
-            .is_some());
+        assert!(
+            request_fields(&Bytes::from_static(head), "::1".parse().unwrap(), true)
+                .get("traceparent")
+                .is_none()
+        );
+        assert!(
+            request_fields(&Bytes::from_static(head), "::1".parse().unwrap(), false)
+                .get("traceparent")
+                .is_some()
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! `TCPIE_WORKERS` is exactly the concurrency the upstream sees.
 //!
 //! The parts: [`headers`] (what a careful proxy passes on and what it drops) and [`client`]
-//! (hyper's client, its pool, and the connections counted). Bodies stream both ways, never
+//! (the pool of kept-alive connections to the upstream, and the connections counted). Bodies stream both ways, never
 //! held whole: the request's from the client's connection as it arrives, the response's
 //! from the upstream as it comes, each re-framed by TCPie. A failure before the response
 //! head is a 502 (`upstream_error`), no head in time a 504 (`upstream_timeout`); a body
@@ -30,14 +30,16 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::config::{Config, Upstream as UpstreamTarget};
 use crate::handler::{Failure, Handler, Request, Response, ResponseStream, StreamError};
-use crate::metrics::{ConnectionEvent, UpstreamClass, UpstreamMetrics};
+use crate::metrics::{UpstreamClass, UpstreamMetrics};
 use crate::telemetry::REQUEST_TARGET;
-use client::{UpstreamClient, Uses};
+use client::{Lease, Pool, SendError};
 
 /// The handler that forwards every admitted request to the upstream.
 pub(crate) struct Upstream {
-    client: UpstreamClient,
+    pool: std::sync::Arc<Pool>,
     authority: String,
+    /// The same, parsed once.
+    uri_authority: http::uri::Authority,
     host: String,
     port: u16,
     /// To the response head, and between pieces of the response body.
@@ -49,13 +51,19 @@ impl Upstream {
     /// Forwarding to `target`, with the timeouts and the pool size of `config`.
     pub fn new(target: &UpstreamTarget, config: &Config, metrics: UpstreamMetrics) -> Upstream {
         Upstream {
-            client: client::build(
+            pool: Pool::new(
+                target.host.clone(),
+                target.port,
                 Duration::from_millis(config.upstream_connect_timeout_ms),
                 Duration::from_millis(config.upstream_idle_timeout_ms),
                 config.workers,
                 metrics.clone(),
             ),
             authority: target.authority.clone(),
+            uri_authority: http::uri::Authority::from_maybe_shared(bytes::Bytes::from(
+                target.authority.clone(),
+            ))
+            .unwrap_or_else(|_| http::uri::Authority::from_static("invalid.invalid")),
             host: target.host.clone(),
             port: target.port,
             timeout: Duration::from_millis(config.upstream_timeout_ms),
@@ -108,9 +116,12 @@ impl Handler for Upstream {
             error.type = Empty,
         );
         let traced = !span.is_disabled();
-        let mut fields = headers::request_fields(request.head(), request.peer().ip(), traced);
+        let mut fields = headers::request_fields(request.head_bytes(), request.peer().ip(), traced);
         if traced {
-            span.record("url.full", format!("http://{}{path}", self.authority));
+            span.record(
+                "url.full",
+                format!("http://{}{path}", self.authority).as_str(),
+            );
             let context = span.context();
             if context.span().span_context().is_valid() {
                 TraceContextPropagator::new().inject_context(&context, &mut Fields(&mut fields));
@@ -121,7 +132,15 @@ impl Handler for Upstream {
                 fields.insert(http::header::HOST, host);
             }
         }
-        let uri = format!("http://{}{path}", self.authority);
+        let path = if path.len() == target.len() {
+            request.path_bytes()
+        } else {
+            bytes::Bytes::copy_from_slice(path.as_bytes())
+        };
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(http::uri::Scheme::HTTP);
+        uri.authority = Some(self.uri_authority.clone());
+        uri.path_and_query = http::uri::PathAndQuery::from_maybe_shared(path).ok();
         let Some(body) = request.take_body() else {
             return self.fail(&span, UpstreamClass::Error, "no_body");
         };
@@ -130,40 +149,32 @@ impl Handler for Upstream {
             Ok(method) => method,
             Err(_) => return Response::text(501, "method not forwarded\n"),
         };
-        *forward.uri_mut() = match uri.parse() {
+        *forward.uri_mut() = match http::Uri::from_parts(uri) {
             Ok(uri) => uri,
             Err(_) => return Response::text(400, "request target not forwarded\n"),
         };
         *forward.headers_mut() = fields;
         let started = Instant::now();
-        let answer = timeout(self.timeout, self.client.request(forward))
+        let answer = timeout(self.timeout, self.pool.send(forward))
             .instrument(span.clone())
             .await;
-        let response = match answer {
+        let (response, lease) = match answer {
             Err(_) => return self.fail(&span, UpstreamClass::Timeout, "timeout"),
             Ok(Err(e)) => {
-                let kind = if e.is_connect() {
-                    "connect"
-                } else {
-                    "response"
+                let kind = match e {
+                    SendError::Connect(_) => "connect",
+                    SendError::Response(_) => "response",
                 };
                 tracing::debug!(target: REQUEST_TARGET, parent: &span, error = %e, "upstream failed");
                 return self.fail(&span, UpstreamClass::Error, kind);
             }
-            Ok(Ok(response)) => response,
+            Ok(Ok(answered)) => answered,
         };
         self.metrics
             .head_duration
             .observe(started.elapsed().as_secs_f64());
         let status = response.status().as_u16();
         self.metrics.request(UpstreamClass::of_status(status));
-        if response
-            .extensions()
-            .get::<Uses>()
-            .is_some_and(Uses::reused)
-        {
-            self.metrics.connection(ConnectionEvent::Reused);
-        }
         span.record("http.response.status_code", i64::from(status));
         if status >= 500 {
             span.record("otel.status_code", "ERROR");
@@ -175,13 +186,22 @@ impl Handler for Upstream {
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
             .or_else(|| incoming.size_hint().exact());
+        // A body already at its end (a HEAD's, a 304's) is not read: the connection is
+        // free now.
+        let lease = if incoming.is_end_stream() {
+            lease.release();
+            None
+        } else {
+            Some(lease)
+        };
         let body = Watched {
             inner: incoming,
             idle: self.timeout,
-            timer: Box::pin(sleep(self.timeout)),
+            timer: sleep(self.timeout),
             started,
             metrics: self.metrics.clone(),
             span: Some(span),
+            lease,
         };
         let mut answer = Response::streaming(
             status,
@@ -196,16 +216,22 @@ impl Handler for Upstream {
     }
 }
 
-/// The upstream's response body on its way to the client: a piece must come within the
-/// upstream timeout (a stalled upstream would otherwise hold the permit), and the end, or
-/// the break, is counted. The upstream span ends with it.
-struct Watched {
-    inner: hyper::body::Incoming,
-    idle: Duration,
-    timer: Pin<Box<Sleep>>,
-    started: Instant,
-    metrics: UpstreamMetrics,
-    span: Option<tracing::Span>,
+pin_project_lite::pin_project! {
+    /// The upstream's response body on its way to the client: a piece must come within the
+    /// upstream timeout (a stalled upstream would otherwise hold the permit), and the end,
+    /// or the break, is counted. The upstream span ends with it.
+    struct Watched {
+        inner: hyper::body::Incoming,
+        idle: Duration,
+        #[pin]
+        timer: Sleep,
+        started: Instant,
+        metrics: UpstreamMetrics,
+        span: Option<tracing::Span>,
+        // Given back to the pool at the body's end; dropped (the connection with it) if
+        // the body breaks off or the client goes first.
+        lease: Option<Lease>,
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -217,30 +243,33 @@ impl Body for Watched {
     type Error = StreamError;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, StreamError>>> {
-        let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let mut this = self.project();
+        match Pin::new(&mut *this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                let next = Instant::now() + this.idle;
+                let next = Instant::now() + *this.idle;
                 this.timer.as_mut().reset(next);
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
-                this.broke("body");
+                broke(this.metrics, this.span, "body");
                 Poll::Ready(Some(Err(e.into())))
             }
             Poll::Ready(None) => {
                 this.metrics
                     .response_duration
                     .observe(this.started.elapsed().as_secs_f64());
-                this.span = None;
+                *this.span = None;
+                if let Some(lease) = this.lease.take() {
+                    lease.release();
+                }
                 Poll::Ready(None)
             }
-            Poll::Pending => match this.timer.as_mut().poll(cx) {
+            Poll::Pending => match this.timer.poll(cx) {
                 Poll::Ready(()) => {
-                    this.broke("body_timeout");
+                    broke(this.metrics, this.span, "body_timeout");
                     Poll::Ready(Some(Err(Box::new(Stalled))))
                 }
                 Poll::Pending => Poll::Pending,
@@ -257,13 +286,12 @@ impl Body for Watched {
     }
 }
 
-impl Watched {
-    fn broke(&mut self, error: &str) {
-        self.metrics.truncated.inc();
-        if let Some(span) = self.span.take() {
-            span.record("error.type", error);
-            span.record("otel.status_code", "ERROR");
-        }
+/// A response body that broke off: counted, and marked on the upstream span.
+fn broke(metrics: &UpstreamMetrics, span: &mut Option<tracing::Span>, error: &str) {
+    metrics.truncated.inc();
+    if let Some(span) = span.take() {
+        span.record("error.type", error);
+        span.record("otel.status_code", "ERROR");
     }
 }
 
