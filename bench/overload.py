@@ -5,7 +5,9 @@ backend. Run it through bench/overload.sh (it installs what it needs and builds 
 binaries); loopback only, every run bounded.
 
 The capacity is the same for everyone: WORKERS workers, each request taking WORK_MS.
-- tcpie: TCPIE_WORKERS=WORKERS, TCPIE_SIMULATED_WORK_MS=WORK_MS, queue QUEUE;
+- tcpie: TCPIE_WORKERS=WORKERS, queue QUEUE, TCPIE_UPSTREAM to bench/tools/slow_backend.rs
+  (upstream mode, issue 22: the same backend the others protect, not work simulated in
+  process, so the curves compare like with like);
 - tcpie + queue timeout: the same with TCPIE_QUEUE_TIMEOUT_MS=QUEUE_TIMEOUT_MS;
 - haproxy: maxconn WORKERS to bench/tools/slow_backend.rs, queue, `timeout queue`;
 - nginx: limit_conn (WORKERS + QUEUE) and limit_req (the capacity) proxying to it;
@@ -53,6 +55,8 @@ class Backed:
 
     def __init__(self, proxy: Server, backend: Server):
         self.proxy, self.backend, self.port = proxy, backend, proxy.port
+        if hasattr(proxy, "admin_port"):
+            self.admin_port = proxy.admin_port
 
     def stop(self) -> None:
         self.proxy.stop()
@@ -64,13 +68,14 @@ def start_backend() -> Server:
     return Server("backend", [str(EXAMPLES / "slow_backend"), str(port), str(WORKERS), str(WORK_MS)], None, port)
 
 
-def start_tcpie(queue_timeout_ms: int = 0) -> harness.Tcpie:
+def start_tcpie(queue_timeout_ms: int = 0) -> Backed:
+    backend = start_backend()
     env = harness.loopback_env(
         TCPIE_BURST="0", TCPIE_WORKERS=str(WORKERS), TCPIE_QUEUE_SIZE=str(QUEUE),
-        TCPIE_SIMULATED_WORK_MS=str(WORK_MS), TCPIE_QUEUE_TIMEOUT_MS=str(queue_timeout_ms),
+        TCPIE_UPSTREAM=f"http://127.0.0.1:{backend.port}", TCPIE_QUEUE_TIMEOUT_MS=str(queue_timeout_ms),
         TCPIE_MAX_CONNECTIONS="20000", TCPIE_READ_TIMEOUT_MS="10000",
     )
-    return harness.Tcpie(env, TCPIE)
+    return Backed(harness.Tcpie(env, TCPIE), backend)
 
 
 def server_side_rejections(admin_port: int) -> dict:
