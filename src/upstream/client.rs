@@ -12,7 +12,7 @@
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
-use hyper::body::Incoming;
+use hyper::body::{Body, Incoming};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -158,13 +158,29 @@ impl Pool {
         let mut request = request;
         if let Some(mut sender) = self.reuse().await {
             self.metrics.connection(ConnectionEvent::Reused);
+            // The upstream may close an idle connection just as the request goes out on
+            // it (its keep-alive timeout racing ours). An idempotent request without a
+            // body is then safe to send again (RFC 9112 §9.3.1), so its head is kept: a
+            // copy of the fields, whose values share their bytes.
+            let replay =
+                (request.method().is_idempotent() && request.body().is_end_stream()).then(|| {
+                    let mut again = http::Request::new(RequestBody::empty());
+                    *again.method_mut() = request.method().clone();
+                    *again.uri_mut() = request.uri().clone();
+                    *again.headers_mut() = request.headers().clone();
+                    again
+                });
             match sender.try_send_request(request).await {
                 Ok(response) => return Ok((response, self.lease(sender))),
                 // Closed by the upstream while idle, before a byte of the request went:
                 // sent again, once, on a new connection.
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) if e.error().is_canceled() || e.error().is_closed() => {
+                Err(mut e) => match (e.take_message(), replay) {
+                    (Some(unsent), _) if e.error().is_canceled() || e.error().is_closed() => {
                         request = unsent;
+                    }
+                    // Sent, and the connection closed before a byte of an answer.
+                    (None, Some(again)) if e.error().is_incomplete_message() => {
+                        request = again;
                     }
                     _ => return Err(SendError::Response(e.into_error())),
                 },

@@ -278,6 +278,23 @@ def test_an_upstream_dying_mid_body_shows_as_a_truncation(proxy, path):
     assert metric(tcpie, "tcpie_workers_busy") == 0
 
 
+def test_connections_the_upstream_closed_while_idle_are_not_used(proxy, upstream):
+    """An upstream that closes kept-alive connections sooner than TCPie's idle timeout (as
+    Node.js does after 5 s): the next request gets a fresh connection, never a 502; one
+    that went out as the upstream closed is sent again (a GET: idempotent, no body)."""
+    tcpie = proxy(TCPIE_KEEP_ALIVE="true", TCPIE_WORKERS="2", TCPIE_UPSTREAM_IDLE_TIMEOUT_MS="60000")
+    statuses = []
+    for _ in range(20):
+        statuses.append(http(f"http://127.0.0.1:{tcpie.port}/close-after?ms=5")[0])
+        time.sleep(0.03)
+    # Back to back, so some requests race the upstream's close.
+    for _ in range(150):
+        statuses.append(http(f"http://127.0.0.1:{tcpie.port}/close-after?ms=0")[0])
+    assert statuses == [200] * 170
+    assert metric(tcpie, 'tcpie_upstream_requests_total{class="error"}') == 0
+    assert metric(tcpie, 'tcpie_upstream_connections_total{event="opened"}') >= 20
+
+
 def test_refusals_never_reach_the_upstream(upstream):
     tcpie = Tcpie(loopback_env(TCPIE_UPSTREAM=f"http://127.0.0.1:{upstream}", TCPIE_BURST="2", TCPIE_RATE_PER_SECOND="0.001"))
     try:

@@ -16,6 +16,8 @@ Every request is answered according to its path:
 - `/die-mid-chunk`: sends two chunks, closes without the last chunk.
 - `/garbage`: answers bytes that are not HTTP.
 - `/close-before-head`: reads the request, closes without a byte.
+- `/close-after?ms=M`: answers 200 with keep-alive, then closes the connection M ms later
+  without a word (an upstream whose keep-alive timeout is shorter than TCPie's).
 - `/status?code=C`: answers that status (HEAD and 204/304 without a body).
 - `/stats`: JSON with the requests seen, the most seen at once, and the connections.
 - `/reset-stats`: zeroes the counters.
@@ -170,6 +172,11 @@ async def answer(writer, method, path, query, headers, body, framing, keep) -> b
         await writer.drain()
         return False
     elif path == "/close-before-head":
+        return False
+    elif path == "/close-after":
+        writer.write(response(200, b"closing soon\n", True, "text/plain"))
+        await writer.drain()
+        await asyncio.sleep(int(query.get("ms", "20")) / 1000)
         return False
     elif path == "/status":
         code = int(query.get("code", "200"))
