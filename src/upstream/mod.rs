@@ -38,8 +38,6 @@ use client::{Lease, Pool, SendError};
 pub(crate) struct Upstream {
     pool: std::sync::Arc<Pool>,
     authority: String,
-    /// The same, parsed once.
-    uri_authority: http::uri::Authority,
     host: String,
     port: u16,
     /// To the response head, and between pieces of the response body.
@@ -60,10 +58,6 @@ impl Upstream {
                 metrics.clone(),
             ),
             authority: target.authority.clone(),
-            uri_authority: http::uri::Authority::from_maybe_shared(bytes::Bytes::from(
-                target.authority.clone(),
-            ))
-            .unwrap_or_else(|_| http::uri::Authority::from_static("invalid.invalid")),
             host: target.host.clone(),
             port: target.port,
             timeout: Duration::from_millis(config.upstream_timeout_ms),
@@ -137,9 +131,9 @@ impl Handler for Upstream {
         } else {
             bytes::Bytes::copy_from_slice(path.as_bytes())
         };
+        // Origin form on the wire (RFC 9112 §3.2.1): hyper's connection writes the URI as
+        // given, and many servers (busybox httpd, for one) refuse the absolute form.
         let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(http::uri::Scheme::HTTP);
-        uri.authority = Some(self.uri_authority.clone());
         uri.path_and_query = http::uri::PathAndQuery::from_maybe_shared(path).ok();
         let Some(body) = request.take_body() else {
             return self.fail(&span, UpstreamClass::Error, "no_body");

@@ -7,7 +7,7 @@ sees, and misbehave on request. It shares no code with TCPie.
 Every request is answered according to its path:
 
 - `/echo`: reads the body (Content-Length or chunked), answers JSON with its length, its
-  sha256, the method, the target, the headers as received, and the framing it came in.
+  sha256, the method, the target (and the raw request-target as sent), the headers as received, and the framing it came in.
 - `/stream?size=N&framing=length|chunked|close&chunk=K`: N bytes (a repeating pattern whose
   sha256 the client can compute) in that framing.
 - `/slow?ms=M`: waits M ms before the head.
@@ -106,7 +106,7 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
             STATS["max_in_flight"] = max(STATS["max_in_flight"], STATS["in_flight"])
             try:
                 body, framing = await read_body(reader, headers)
-                keep = await answer(writer, method, url.path, query, headers, body, framing, keep)
+                keep = await answer(writer, method, url.path, query, headers, body, framing, keep, target)
             finally:
                 STATS["in_flight"] -= 1
             if not keep:
@@ -120,12 +120,13 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
             pass
 
 
-async def answer(writer, method, path, query, headers, body, framing, keep) -> bool:
+async def answer(writer, method, path, query, headers, body, framing, keep, target) -> bool:
     if path in ("/echo", "/hold"):
         if path == "/hold":
             await asyncio.sleep(int(query.get("ms", "100")) / 1000)
         doc = {
             "method": method, "target": path + ("?" + urllib.parse.urlencode(query) if query else ""),
+            "raw_target": target,
             "length": len(body), "sha256": hashlib.sha256(body).hexdigest(), "framing": framing,
             "headers": headers,
         }
