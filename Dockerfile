@@ -7,8 +7,9 @@ FROM rust:1.95.0-slim-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 # The image builds the library and the binary only. Dev-only targets ([[bench]], [[example]],
-# [[test]]) are dropped from the manifest it sees, so their files need not be in the build
-# context and declaring a new one can never break the image (it did: issue 18).
+# [[test]]) are dropped from the manifest this layer sees, so the cached dependency layer
+# needs only Cargo.toml and Cargo.lock, and a new dev-only target can never break the image
+# (one did: issue 18).
 RUN awk '/^\[\[(bench|example|test)\]\]/ { skip = 1; next } /^\[/ { skip = 0 } !skip' \
         Cargo.toml > Cargo.image.toml \
     && mv Cargo.image.toml Cargo.toml \

@@ -163,3 +163,25 @@ def test_a_bad_configuration_exits_64_naming_both_problems(docker, image):
         assert "unknown variable TCPIE_WORKRS: did you mean TCPIE_WORKERS?" in logs, logs
     finally:
         docker.run("rm", "-f", name, check=False)
+
+
+def test_the_build_context_is_a_crate_cargo_can_read(docker, base_images, tmp_path):
+    """What `.dockerignore` lets into the build context must still be a crate whose
+    manifest cargo accepts as it is (a `[[bench]]` whose file was left out broke every
+    build: issue 18). Docker's own context rules decide what is copied. A build of a target
+    that does not exist reads every target of the manifest, then stops without compiling."""
+    dockerfile = tmp_path / "Dockerfile.context"
+    dockerfile.write_text(
+        "FROM rust:1.95.0-slim-bookworm\n"
+        "COPY . /context\n"
+        "RUN cd /context && (cargo build --locked --bin no-such-target > /cargo.out 2>&1 || true)\n"
+    )
+    tag = f"tcpie-citest-context-{uuid.uuid4().hex[:6]}"
+    with step("docker build of the bare build context, cargo reading its manifest"):
+        docker.run("build", "-f", str(dockerfile), "-t", tag, ".", timeout=1800)
+    try:
+        out = docker.run("run", "--rm", "--entrypoint", "cat", tag, "/cargo.out").stdout
+    finally:
+        docker.run("rmi", "-f", tag, check=False)
+    assert "failed to parse manifest" not in out, out
+    assert "no bin target named `no-such-target`" in out, out
