@@ -7,7 +7,8 @@
 //! A connection goes back to the pool only once the response on it has been read to its
 //! end, the only point at which HTTP/1.1 can carry another request on it; a response that
 //! breaks off takes its connection with it. A request that finds its idle connection closed
-//! by the upstream before a byte of it was sent is sent again, once, on a new one.
+//! by the upstream before a byte of it was sent is sent again, once, on a new one; so is an
+//! idempotent request without a body that went out as the upstream closed it.
 
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
@@ -100,11 +101,17 @@ impl Pool {
         let now = Instant::now();
         let mut idle = self.idle();
         while let Some((sender, since)) = idle.pop() {
-            if now.duration_since(since) < self.idle_timeout && !sender.is_closed() {
+            if self.reusable(&sender, since, now) {
                 return Some(sender);
             }
         }
         None
+    }
+
+    /// Whether an idle connection may still carry a request: open, and idle for less than
+    /// the idle timeout.
+    fn reusable(&self, sender: &SendRequest<RequestBody>, since: Instant, now: Instant) -> bool {
+        now.duration_since(since) < self.idle_timeout && !sender.is_closed()
     }
 
     /// An idle connection ready for a request. One given back the moment its response
@@ -206,8 +213,7 @@ async fn sweep(pool: Weak<Pool>, idle_timeout: Duration) {
         sleep(every).await;
         let Some(pool) = pool.upgrade() else { return };
         let now = Instant::now();
-        pool.idle().retain(|(sender, since)| {
-            now.duration_since(*since) < idle_timeout && !sender.is_closed()
-        });
+        pool.idle()
+            .retain(|(sender, since)| pool.reusable(sender, *since, now));
     }
 }
