@@ -79,9 +79,9 @@ pub fn request_fields(head: &Bytes, peer: std::net::IpAddr, own_trace: bool) -> 
         }
         // The head was parsed, so its names and values are valid; one that is not is left
         // out rather than forwarded broken.
-        // Values are slices of the head itself: nothing is copied.
-        let at = value.as_ptr() as usize - head.as_ptr() as usize;
-        let value = head.slice(at..at + value.len());
+        // Values are slices of the head itself (`fields` yields subslices of it): shared,
+        // nothing copied.
+        let value = head.slice_ref(value);
         if let (Ok(n), Ok(v)) = (
             HeaderName::from_bytes(name),
             HeaderValue::from_maybe_shared(value),
