@@ -10,7 +10,7 @@ declare -A provides=(
   [yamllint]=yamllint [node]=nodejs [npm]=npm [python3]=python3 [curl]=curl
   [amtool]=prometheus-alertmanager [busybox]=busybox-static
   [dockerd]=docker.io [docker-compose]=docker-compose [debootstrap]=debootstrap [wrk]=wrk
-  [slowhttptest]=slowhttptest
+  [slowhttptest]=slowhttptest [redis-server]=redis-server
 )
 missing=()
 for cmd in "${!provides[@]}"; do

@@ -78,6 +78,9 @@ pub struct Listeners {
 pub enum RunError {
     #[error("registering metrics failed (is the registry shared with another server?): {0}")]
     Metrics(#[from] prometheus::Error),
+    /// The fleet's Redis cannot be set up (its URL or its password file).
+    #[error("{0}")]
+    Redis(String),
 }
 
 /// The listen backlog: connections beyond `TCPIE_MAX_CONNECTIONS` wait here.
@@ -140,7 +143,24 @@ async fn run_with<H: Handler>(
     let metrics = metrics::Metrics::register(&registry)?;
     let handler = handler(&metrics);
     let server_port = listeners.tcp.local_addr().map(|a| a.port()).unwrap_or(0);
-    let core = Arc::new(server::Core::new(config, metrics, server_port));
+    let fleet = match config.redis_url() {
+        Some(url) => {
+            let fleet = ratelimit::fleet::Fleet::new(
+                &config,
+                url,
+                metrics.fleet.clone(),
+                tokio::time::Instant::now(),
+            )
+            .map_err(RunError::Redis)?;
+            Some(Arc::new(fleet))
+        }
+        None => None,
+    };
+    let fleet_stop = CancellationToken::new();
+    let refresher = fleet
+        .clone()
+        .map(|fleet| tokio::spawn(fleet.refresh(fleet_stop.clone())));
+    let core = Arc::new(server::Core::new(config, metrics, server_port, fleet));
 
     let admin_stop = CancellationToken::new();
     let admin = tokio::spawn(admin::serve(
@@ -171,6 +191,11 @@ async fn run_with<H: Handler>(
         close_pool: || core.pool().close(),
     };
     lifecycle::stop::stop(server, running).await;
+    // Once every request is answered, the lease goes back and the pod leaves the fleet.
+    fleet_stop.cancel();
+    if let Some(refresher) = refresher {
+        let _ = refresher.await;
+    }
     Ok(())
 }
 
@@ -185,5 +210,6 @@ pub mod internal {
     pub use crate::metrics::{Metrics, Outcome};
     pub use crate::ratelimit::client_key::{forwarded, Identity};
     pub use crate::ratelimit::client_table::ClientTable;
+    pub use crate::ratelimit::fleet::lease::{grant, Granted};
     pub use crate::ratelimit::gcra::{Gcra, TokenBucket};
 }

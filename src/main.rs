@@ -45,7 +45,13 @@ fn main() -> ExitCode {
     }
     // Both groups of variables are read together, so every problem is reported at once.
     let (config, traces) = match tcpie::config::from_env() {
-        Ok(settings) => (settings.server, settings.traces),
+        Ok(mut settings) => {
+            // The fleet's limits are named after the service unless told otherwise.
+            if settings.server.rate_limit_name.is_empty() {
+                settings.server.rate_limit_name = settings.traces.service_name.clone();
+            }
+            (settings.server, settings.traces)
+        }
         Err(errors) => {
             eprintln!("tcpie: configuration error:");
             for e in errors.0 {

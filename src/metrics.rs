@@ -131,6 +131,8 @@ pub struct Metrics {
     admin_shed: [IntCounter; 2],
     /// Upstream mode's metrics (exported from the start, at 0, in either mode).
     pub upstream: UpstreamMetrics,
+    /// The fleet's shared limits (`TCPIE_REDIS_URL`), exported in either mode.
+    pub fleet: FleetMetrics,
 }
 
 /// How an upstream call went, the `class` label: the response's status class, or the
@@ -232,6 +234,69 @@ impl UpstreamMetrics {
     }
 }
 
+/// A call to Redis, the `call` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisCall {
+    /// The refresher's: a lease of the global bucket and the pod's registration.
+    Lease,
+    /// A request's: one token of its client's bucket.
+    Client,
+}
+
+/// Why a Redis call failed, the `kind` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisFailure {
+    /// No answer within `TCPIE_REDIS_TIMEOUT_MS`.
+    Timeout,
+    /// Refused, reset, or an error reply.
+    Error,
+}
+
+/// The fleet's shared limits.
+#[derive(Clone)]
+pub struct FleetMetrics {
+    mode: [IntGauge; 3],
+    calls: [IntCounter; 2],
+    failures: [IntCounter; 2],
+    /// The time of each Redis call, to its answer or its timeout.
+    pub rtt: Histogram,
+    /// Tokens of the global bucket this pod holds unspent (set by the refresher).
+    pub lease: IntGauge,
+    leased: IntCounter,
+    returned: IntCounter,
+    /// Pods sharing the limits, as Redis last said (or `TCPIE_REDIS_EXPECTED_PODS`).
+    pub pods: IntGauge,
+}
+
+impl FleetMetrics {
+    /// Shared, or fallback; `local` stays at 0 once a Redis is configured.
+    pub fn set_shared(&self, shared: bool) {
+        self.mode[0].set(0);
+        self.mode[1].set(i64::from(shared));
+        self.mode[2].set(i64::from(!shared));
+    }
+
+    pub fn called(&self, call: RedisCall) {
+        self.calls[call as usize].inc();
+    }
+
+    pub fn failed(&self, failure: RedisFailure) {
+        self.failures[failure as usize].inc();
+    }
+
+    /// Tokens given back to the shared bucket and tokens granted by it.
+    pub fn leased(&self, returned: u64, granted: u64) {
+        self.returned.inc_by(returned);
+        self.leased.inc_by(granted);
+    }
+}
+
+/// Buckets of a Redis call's time, in seconds: a call on loopback or in a zone takes well
+/// under a millisecond; the timeout is a few.
+const REDIS_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.1,
+];
+
 /// Buckets of the time to refuse, in seconds: a refusal is expected well under 1 ms.
 const REJECTION_BUCKETS: &[f64] = &[
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.1, 1.0,
@@ -323,6 +388,74 @@ impl Metrics {
             &["event"],
         )?;
         registry.register(Box::new(upstream_connections.clone()))?;
+
+        let labelled = |name: &str, help: &str, label: &str, values: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help), &[label]).and_then(|vec| {
+                registry.register(Box::new(vec.clone()))?;
+                Ok(values
+                    .iter()
+                    .map(|v| vec.with_label_values(&[v]))
+                    .collect::<Vec<_>>())
+            })
+        };
+        let mode_vec = IntGaugeVec::new(
+            Opts::new(
+                "tcpie_rate_limit_mode",
+                "Where the rate limits are kept: local (no TCPIE_REDIS_URL), shared (in \
+                 Redis, with the fleet) or fallback (Redis out of reach: this pod's fair \
+                 share). The current mode is 1, the others 0.",
+            ),
+            &["mode"],
+        )?;
+        registry.register(Box::new(mode_vec.clone()))?;
+        let mode = ["local", "shared", "fallback"].map(|m| mode_vec.with_label_values(&[m]));
+        mode[0].set(1);
+        let calls = labelled(
+            "tcpie_redis_calls_total",
+            "Calls to Redis: lease (the global bucket's lease and the pod's registration, \
+             from the refresher) or client (one token of a client's bucket, on a request's \
+             path).",
+            "call",
+            &["lease", "client"],
+        )?;
+        let failures = labelled(
+            "tcpie_redis_errors_total",
+            "Redis calls that failed: timeout (no answer within TCPIE_REDIS_TIMEOUT_MS) or \
+             error (refused, reset, an error reply).",
+            "kind",
+            &["timeout", "error"],
+        )?;
+        let lease_tokens = IntCounterVec::new(
+            Opts::new(
+                "tcpie_rate_limit_lease_tokens_total",
+                "Tokens of the shared global bucket granted to this pod's lease, and given \
+                 back unspent.",
+            ),
+            &["event"],
+        )?;
+        registry.register(Box::new(lease_tokens.clone()))?;
+        let fleet = FleetMetrics {
+            mode,
+            calls: [calls[0].clone(), calls[1].clone()],
+            failures: [failures[0].clone(), failures[1].clone()],
+            rtt: histogram(
+                "tcpie_redis_duration_seconds",
+                "Time of each Redis call, to its answer or to its timeout.",
+                REDIS_BUCKETS,
+            )?,
+            lease: gauge(
+                "tcpie_rate_limit_lease_tokens",
+                "Tokens of the shared global bucket this pod holds unspent.",
+            )?,
+            leased: lease_tokens.with_label_values(&["granted"]),
+            returned: lease_tokens.with_label_values(&["returned"]),
+            pods: gauge(
+                "tcpie_rate_limit_pods",
+                "Pods sharing the rate limits, as Redis last said (TCPIE_REDIS_EXPECTED_PODS \
+                 until Redis is reached; 1 without TCPIE_REDIS_URL).",
+            )?,
+        };
+        fleet.pods.set(1);
 
         let rate_limit_tokens = Gauge::new(
             "tcpie_rate_limit_tokens",
@@ -437,6 +570,7 @@ impl Metrics {
                      connection was closed without a forged end).",
                 )?,
             },
+            fleet,
         })
     }
 

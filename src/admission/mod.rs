@@ -11,6 +11,7 @@
 pub(crate) mod pool;
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use tokio::time::Instant;
 
@@ -19,6 +20,7 @@ use crate::handler::Request;
 use crate::lifecycle::{Lifecycle, Phase};
 use crate::metrics::Metrics;
 use crate::ratelimit::client_table::ClientId;
+use crate::ratelimit::fleet::Fleet;
 use crate::ratelimit::gcra::retry_after_secs;
 use crate::ratelimit::{Limit, Quota, RateLimits};
 use pool::{Entry, Pool};
@@ -57,12 +59,18 @@ pub(crate) struct Verdict<'a> {
 }
 
 impl Admission {
-    pub fn new(config: &Config, metrics: &Metrics, now: Instant) -> Admission {
+    pub fn new(
+        config: &Config,
+        metrics: &Metrics,
+        now: Instant,
+        fleet: Option<Arc<Fleet>>,
+    ) -> Admission {
         let limits = RateLimits::new(
             config,
             now,
             metrics.clients_dropped_refilled.clone(),
             metrics.clients_dropped_evicted.clone(),
+            fleet,
         );
         metrics
             .rate_limit_client_table_size
@@ -87,8 +95,9 @@ impl Admission {
     }
 
     /// The client's bucket, then the global one, then a permit or a place; past the
-    /// drain deadline, nothing.
-    pub fn decide(
+    /// drain deadline, nothing. Only a fleet's client bucket waits (for Redis, within
+    /// `TCPIE_REDIS_TIMEOUT_MS`); everything else is decided at once.
+    pub async fn decide(
         &self,
         lifecycle: &Lifecycle,
         now: Instant,
@@ -103,7 +112,7 @@ impl Admission {
         if lifecycle.reached(Phase::HardStop) {
             return verdict(Decision::Refuse(Refusal::ShuttingDown), None, None);
         }
-        let said = self.limits.check(now, client);
+        let said = self.limits.check(now, client).await;
         let mut dry_run_refused = None;
         if let Some((limit, wait)) = said.refused {
             metrics.rate_limited(limit, self.limits.dry_run);
@@ -114,6 +123,11 @@ impl Admission {
             }
             dry_run_refused = Some(limit);
         }
+        let now = if self.limits.fleet().is_some() {
+            Instant::now()
+        } else {
+            now
+        };
         let decision = match self.pool.try_enter(now) {
             Some(entry) => Decision::Enter(entry),
             None if lifecycle.reached(Phase::HardStop) => Decision::Refuse(Refusal::ShuttingDown),

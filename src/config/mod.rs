@@ -75,11 +75,13 @@ macro_rules! variables {
 
 mod client_key;
 mod otel;
+mod redis;
 mod server;
 mod upstream;
 
 pub use client_key::{ClientKey, Forwarded};
 pub use otel::{BatchSettings, Protocol, SamplerSetting, TraceSettings};
+pub use redis::RedisUrl;
 pub use server::{Config, LogFormat};
 pub use upstream::{Upstream, UpstreamSetting};
 

@@ -10,7 +10,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{
-    read, unknown_hint, ClientKey, ConfigError, ConfigErrors, Shown, UpstreamSetting, PREFIX,
+    read, unknown_hint, ClientKey, ConfigError, ConfigErrors, RedisUrl, Shown, UpstreamSetting,
+    PREFIX,
 };
 
 /// How log lines are written; the filter itself comes from `RUST_LOG`.
@@ -114,6 +115,33 @@ variables! {
     TCPIE_RATE_LIMIT_HEADERS => rate_limit_headers: bool = false;
         expect "true or false";
         valid |_c| true;
+    /// The Redis that makes the global and per-client buckets one for the whole fleet
+    /// (see Limits across the fleet); empty keeps each pod's limits its own.
+    TCPIE_REDIS_URL => redis_url: RedisUrl = RedisUrl(None);
+        expect RedisUrl::EXPECTED;
+        valid |_c| true;
+    /// A file holding the Redis password (a mounted Secret), read at start; it replaces
+    /// any password in `TCPIE_REDIS_URL`.
+    TCPIE_REDIS_PASSWORD_FILE => redis_password_file: String = String::new();
+        expect "empty, or the path of a readable file";
+        valid |_c| true;
+    /// The name the fleet's limits are kept under in Redis: pods with the same name share
+    /// them. Empty: `OTEL_SERVICE_NAME`.
+    TCPIE_RATE_LIMIT_NAME => rate_limit_name: String = String::new();
+        expect "empty, or up to 100 letters, digits, '.', '_' and '-'";
+        valid |c| c.rate_limit_name.len() <= 100
+            && c.rate_limit_name.bytes().all(|b| b.is_ascii_alphanumeric() || b".-_".contains(&b));
+    /// Longest wait for Redis on a request's path; after three calls in a row fail or
+    /// take longer, the pod falls back to its fair share of each limit. (The background
+    /// lease refresh, which no request waits for, allows ten times as long: 50 ms to 1 s.)
+    TCPIE_REDIS_TIMEOUT_MS => redis_timeout_ms: u64 = 5;
+        expect "milliseconds from 1 to 1000";
+        valid |c| (1..=1000).contains(&c.redis_timeout_ms);
+    /// How many pods share the limits until Redis has been reached once (the fair share
+    /// is each limit divided by it); the chart sets it to its replica count.
+    TCPIE_REDIS_EXPECTED_PODS => redis_expected_pods: u32 = 1;
+        expect "a whole number from 1 to 10000";
+        valid |c| (1..=10_000).contains(&c.redis_expected_pods);
     /// Absolute deadline for reading a request: its head and its body.
     TCPIE_READ_TIMEOUT_MS => read_timeout_ms: u64 = 3000;
         expect "milliseconds from 1 to 3600000";
@@ -301,6 +329,25 @@ impl Config {
         Duration::from_millis(self.write_timeout_ms)
     }
 
+    /// The Redis of the fleet's shared limits, when there is one.
+    pub fn redis_url(&self) -> Option<&str> {
+        self.redis_url.0.as_deref()
+    }
+
+    /// The name the shared limits are kept under: `TCPIE_RATE_LIMIT_NAME`, else the
+    /// service name the binary filled in, else `tcpie`.
+    pub fn rate_limit_name(&self) -> &str {
+        if self.rate_limit_name.is_empty() {
+            "tcpie"
+        } else {
+            &self.rate_limit_name
+        }
+    }
+
+    pub fn redis_timeout(&self) -> Duration {
+        Duration::from_millis(self.redis_timeout_ms)
+    }
+
     /// Where requests are forwarded, in upstream mode.
     pub fn upstream(&self) -> Option<&super::Upstream> {
         self.upstream.0.as_ref()
@@ -412,7 +459,7 @@ mod tests {
     #[test]
     fn every_variable_is_listed_once() {
         let names: Vec<&str> = variable_names().collect();
-        assert_eq!(names.len(), 36);
+        assert_eq!(names.len(), 41);
         let mut sorted = names.clone();
         sorted.sort();
         sorted.dedup();

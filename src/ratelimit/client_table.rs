@@ -374,13 +374,25 @@ impl ClientTable {
         now: Instant,
         then: impl FnOnce() -> bool,
     ) -> Result<Option<Taken>, Refused> {
+        self.take_in(&self.gcra, id, now, then)
+    }
+
+    /// [`ClientTable::take`] with another bucket's arithmetic: a client's fair share of
+    /// the fleet's bucket while Redis is out of reach.
+    pub fn take_in(
+        &self,
+        gcra: &Gcra,
+        id: ClientId,
+        now: Instant,
+        then: impl FnOnce() -> bool,
+    ) -> Result<Option<Taken>, Refused> {
         let now_ns = nanos_since(self.origin, now);
         let mut shard = self.shard(id);
         let taken = |tat| Taken { tat, now_ns };
         if let Some((_, i)) = shard.index.find(id, &shard.slots) {
             shard.touch(i);
             let tat = shard.slots[i as usize].tat;
-            let next = self.gcra.take(tat, now_ns).map_err(|wait| Refused {
+            let next = gcra.take(tat, now_ns).map_err(|wait| Refused {
                 wait,
                 full_in: Gcra::full_in(tat, now_ns),
             })?;
@@ -391,7 +403,7 @@ impl ClientTable {
             return Ok(Some(taken(next)));
         }
         // Not in the table: a full bucket, which always has a token.
-        let next = self.gcra.take(0, now_ns).map_err(|wait| Refused {
+        let next = gcra.take(0, now_ns).map_err(|wait| Refused {
             wait,
             full_in: Duration::ZERO,
         })?;
@@ -403,6 +415,37 @@ impl ClientTable {
         drop(shard);
         self.count(dropped);
         Ok(Some(taken(next)))
+    }
+
+    /// Whether client `id`'s bucket refuses now, without taking anything: in fleet mode,
+    /// the table mirrors what Redis last said, and a client it refused stays refused here
+    /// until its `Retry-After`.
+    pub fn refusal(&self, id: ClientId, now: Instant) -> Option<Refused> {
+        let taken = self.peek(id, now);
+        self.gcra
+            .take(taken.tat, taken.now_ns)
+            .err()
+            .map(|wait| Refused {
+                wait,
+                full_in: taken.full_in(),
+            })
+    }
+
+    /// Sets client `id`'s bucket to what Redis said: its TAT `ahead` of now (inserted if
+    /// the client is new here).
+    pub fn mirror(&self, id: ClientId, now: Instant, ahead: Duration) {
+        let now_ns = nanos_since(self.origin, now);
+        let tat = now_ns.saturating_add(u64::try_from(ahead.as_nanos()).unwrap_or(u64::MAX));
+        let mut shard = self.shard(id);
+        if let Some((_, i)) = shard.index.find(id, &shard.slots) {
+            shard.touch(i);
+            shard.slots[i as usize].tat = tat;
+            return;
+        }
+        let dropped = shard.make_room(now_ns);
+        shard.insert(id, tat);
+        drop(shard);
+        self.count(dropped);
     }
 
     /// The state of client `id`'s bucket now, without taking anything.

@@ -91,6 +91,11 @@ impl Gcra {
         self.burst
     }
 
+    /// Nanoseconds per token.
+    pub fn interval_ns(&self) -> u64 {
+        self.interval_ns
+    }
+
     /// The time a bucket takes to refill from empty to full.
     pub fn window(&self) -> Duration {
         Duration::from_nanos(u64::try_from(self.tolerance_ns).unwrap_or(u64::MAX))

@@ -8,6 +8,8 @@
 //! - [`client_table`]: each client's bucket, in a bounded, sharded table.
 //! - [`quota`]: which limit refused ([`Limit`]), the `RateLimit` fields and the `429`
 //!   answers.
+//! - [`fleet`]: both kinds of bucket shared by every pod through Redis
+//!   (`TCPIE_REDIS_URL`), and each pod's fair share when Redis is out of reach.
 //!
 //! [`RateLimits`] asks the client's bucket, then the global one, and says which refused
 //! and what to report; what a refusal does next (the answer, the metrics) belongs to
@@ -15,10 +17,12 @@
 
 pub(crate) mod client_key;
 pub(crate) mod client_table;
+pub(crate) mod fleet;
 pub(crate) mod gcra;
 mod quota;
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -26,6 +30,8 @@ use tokio::time::Instant;
 use crate::config::{ClientKey, Config};
 use crate::handler::Request;
 use client_table::{ClientId, ClientTable};
+use fleet::lease::{SharedBucket, Taken as Leased};
+use fleet::{ClientAnswer, Fleet};
 use gcra::{Gcra, TokenBucket};
 
 pub use quota::Limit;
@@ -33,8 +39,12 @@ pub(crate) use quota::{Quota, TooMany};
 
 /// The global bucket and the clients' buckets, as configured.
 pub(crate) struct RateLimits {
+    /// The pod's own global bucket (without a fleet).
     bucket: Option<TokenBucket>,
     clients: Option<Clients>,
+    /// The fleet's shared buckets (`TCPIE_REDIS_URL`): the global one replaces `bucket`,
+    /// and `clients`' table becomes a cache of what Redis said.
+    fleet: Option<Arc<Fleet>>,
     /// `TCPIE_RATE_LIMIT_DRY_RUN`: decide and count, but refuse nothing.
     pub dry_run: bool,
     /// `RateLimit` fields on every answer, not only on 429.
@@ -65,6 +75,7 @@ impl RateLimits {
         now: Instant,
         refilled: prometheus::IntCounter,
         evicted: prometheus::IntCounter,
+        fleet: Option<Arc<Fleet>>,
     ) -> RateLimits {
         let clients = (config.client_key != ClientKey::None).then(|| Clients {
             key: config.client_key.clone(),
@@ -79,10 +90,10 @@ impl RateLimits {
             ),
         });
         RateLimits {
-            bucket: config
-                .rate_limited()
+            bucket: (config.rate_limited() && fleet.is_none())
                 .then(|| TokenBucket::new(config.rate_per_second, config.burst, now)),
             clients,
+            fleet,
             dry_run: config.rate_limit_dry_run,
             headers: config.rate_limit_headers,
         }
@@ -91,7 +102,17 @@ impl RateLimits {
     /// Tokens in the global bucket now; 0 with rate limiting off, so that dashboards do
     /// not plot a meaningless figure.
     pub fn tokens(&self, now: Instant) -> f64 {
+        if let Some(fleet) = &self.fleet {
+            return fleet
+                .global()
+                .map_or(0.0, |g| g.available(now, fleet.shared()));
+        }
         self.bucket.as_ref().map_or(0.0, |b| b.available(now))
+    }
+
+    /// The fleet's shared limits, when a Redis is configured.
+    pub fn fleet(&self) -> Option<&Arc<Fleet>> {
+        self.fleet.as_ref()
     }
 
     /// Clients tracked now (0 without a per-client limit).
@@ -109,13 +130,26 @@ impl RateLimits {
     pub fn client(&self, peer: IpAddr, request: &Request) -> Option<ClientId> {
         let clients = self.clients.as_ref()?;
         let identity = client_key::identify(&clients.key, clients.trusted_hops, peer, request)?;
-        Some(clients.table.id(&identity))
+        // A fleet names a client the same in every pod.
+        Some(match &self.fleet {
+            Some(fleet) => fleet.client_id(&identity),
+            None => clients.table.id(&identity),
+        })
+    }
+
+    /// The client's bucket, then the global one (see [`RateLimits::check_local`]); with a
+    /// fleet, the shared buckets, which may wait for Redis, within its timeout.
+    pub async fn check(&self, now: Instant, client: Option<ClientId>) -> Said {
+        match &self.fleet {
+            Some(fleet) => self.check_fleet(fleet, now, client).await,
+            None => self.check_local(now, client),
+        }
     }
 
     /// The client's bucket, then the global one. A request refused by its own bucket
     /// spends nothing of the global one, and one the global bucket refuses is not
     /// charged to its client: a client pays only for what it is served.
-    pub fn check(&self, now: Instant, client: Option<ClientId>) -> Said {
+    pub fn check_local(&self, now: Instant, client: Option<ClientId>) -> Said {
         let global_quota = |bucket: &TokenBucket, tat| {
             let (remaining, full_in) = bucket.state(tat, now);
             quota(Limit::Global, bucket.gcra(), remaining, full_in)
@@ -178,6 +212,99 @@ impl RateLimits {
                     _ => said(None, Some(client)),
                 }
             }
+        }
+    }
+
+    /// The fleet's buckets, in the same order and with the same promise as
+    /// [`RateLimits::check_local`]: a client refused recently is refused here (no call);
+    /// then a token of the global lease (no call); then one call for the client's token,
+    /// and the global token goes back if the client's bucket refuses. While Redis is out
+    /// of reach, each bucket is the pod's fair share of it.
+    async fn check_fleet(&self, fleet: &Fleet, now: Instant, client: Option<ClientId>) -> Said {
+        let said = |refused, quota| Said { refused, quota };
+        let shared = fleet.shared();
+        let clients = self.clients.as_ref().zip(client);
+        if let Some((clients, id)) = clients {
+            if let Some(refused) = clients.table.refusal(id, now) {
+                let gcra = fleet.client_gcra();
+                let quota = quota(Limit::Client, gcra, 0, refused.full_in);
+                return said(Some((Limit::Client, refused.wait)), Some(quota));
+            }
+        }
+        let global_quota = |bucket: &SharedBucket| {
+            let remaining = bucket.remaining(now, fleet.shared());
+            quota(Limit::Global, bucket.gcra(), remaining, Duration::ZERO)
+        };
+        let global = match fleet.global() {
+            None => None,
+            Some(bucket) => match bucket.take(now, shared) {
+                Ok(taken) => {
+                    if let Leased::Leased { left } = taken {
+                        fleet.spent(left);
+                    }
+                    Some((bucket, taken))
+                }
+                Err(wait) => {
+                    fleet.ran_out();
+                    return said(Some((Limit::Global, wait)), Some(global_quota(bucket)));
+                }
+            },
+        };
+        let admitted_global = || global.map(|(bucket, _)| global_quota(bucket));
+        let Some((clients, id)) = clients else {
+            return said(None, admitted_global().filter(|_| self.headers));
+        };
+        let give_back = || {
+            if let Some((bucket, taken)) = global {
+                bucket.give_back(taken, Instant::now());
+            }
+        };
+        let gcra = fleet.client_gcra();
+        let answer = if shared {
+            fleet.take_client(id).await.ok()
+        } else {
+            None
+        };
+        let client_quota = match answer {
+            Some(ClientAnswer::Admitted { remaining, full_in }) => {
+                clients.table.mirror(id, now, full_in);
+                quota(Limit::Client, gcra, remaining, full_in)
+            }
+            Some(ClientAnswer::Refused { wait }) => {
+                // Refused here, with no call, until the wait is over.
+                let tolerance = gcra.window();
+                let interval = Duration::from_nanos(gcra.interval_ns());
+                clients
+                    .table
+                    .mirror(id, now, (wait + tolerance).saturating_sub(interval));
+                give_back();
+                let quota = quota(Limit::Client, gcra, 0, wait + tolerance - interval);
+                return said(Some((Limit::Client, wait)), Some(quota));
+            }
+            None => {
+                let share = fleet.client_fair_share();
+                match clients.table.take_in(&share, id, now, || true) {
+                    Ok(taken) => {
+                        let (remaining, full_in) = taken
+                            .map_or((share.burst(), Duration::ZERO), |t| {
+                                (t.remaining(&share), t.full_in())
+                            });
+                        quota(Limit::Client, &share, remaining, full_in)
+                    }
+                    Err(refused) => {
+                        give_back();
+                        let quota = quota(Limit::Client, &share, 0, refused.full_in);
+                        return said(Some((Limit::Client, refused.wait)), Some(quota));
+                    }
+                }
+            }
+        };
+        if !self.headers {
+            return said(None, None);
+        }
+        match admitted_global() {
+            Some(g) if g.remaining < client_quota.remaining => said(None, Some(g)),
+            _ => said(None, Some(client_quota)),
         }
     }
 }

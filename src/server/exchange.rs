@@ -225,7 +225,7 @@ impl<'a> Exchange<'a> {
         // the body arrives.
         let early = head.body != Body::Empty && head.expect_continue && !conn.has_buffered();
         let admitted = if early {
-            let admitted = self.admit(client, false)?;
+            let admitted = self.admit(client, false).await?;
             if !conn
                 .write_raw(http::CONTINUE, core.config.write_timeout())
                 .await
@@ -254,7 +254,7 @@ impl<'a> Exchange<'a> {
         let complete = !streams || head.body == Body::Empty;
         let (entry, quota) = match admitted {
             Some(admitted) => admitted,
-            None => self.admit(client, complete)?,
+            None => self.admit(client, complete).await?,
         };
         let admitted_at = Instant::now();
         // The `queue` span covers the wait for a permit: empty when one was free.
@@ -286,7 +286,7 @@ impl<'a> Exchange<'a> {
 
     /// The one place admission is decided: a permit or a place, and what the rate limits
     /// said of the request; `complete` if it has been read to its end.
-    fn admit(
+    async fn admit(
         &self,
         client: Option<ClientId>,
         complete: bool,
@@ -294,7 +294,8 @@ impl<'a> Exchange<'a> {
         let core = self.core;
         let verdict = core
             .admission
-            .decide(&core.lifecycle, Instant::now(), client, &core.metrics);
+            .decide(&core.lifecycle, Instant::now(), client, &core.metrics)
+            .await;
         if let Some(limit) = verdict.dry_run_refused {
             self.span.dry_run_rejected(limit);
         }

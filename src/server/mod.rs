@@ -32,6 +32,7 @@ use crate::admission::Admission;
 use crate::config::Config;
 use crate::lifecycle::{Lifecycle, Phase};
 use crate::metrics::Metrics;
+use crate::ratelimit::fleet::Fleet;
 
 pub(crate) use accept::{accept_loop, AcceptErrors};
 pub(crate) use ending::Answers;
@@ -51,13 +52,18 @@ pub(crate) struct Core {
 }
 
 impl Core {
-    pub fn new(config: Config, metrics: Metrics, server_port: u16) -> Core {
+    pub fn new(
+        config: Config,
+        metrics: Metrics,
+        server_port: u16,
+        fleet: Option<Arc<Fleet>>,
+    ) -> Core {
         metrics.workers.set(config.workers as i64);
         metrics.queue_capacity.set(config.queue_size as i64);
         metrics.connections_max.set(config.max_connections as i64);
         Core {
             connection_cap: Arc::new(Semaphore::new(config.max_connections)),
-            admission: Admission::new(&config, &metrics, Instant::now()),
+            admission: Admission::new(&config, &metrics, Instant::now(), fleet),
             lifecycle: Lifecycle::new(),
             answers: Answers::new(),
             metrics,
