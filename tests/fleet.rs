@@ -157,6 +157,46 @@ async fn three_pods_flooded_admit_one_shared_rate() {
     }
 }
 
+/// A pod idle long enough to hold a one-token lease gets 200 requests at once, well
+/// under the shared bucket's burst: none is refused while its lease catches up (each
+/// waits for the refill, one round trip, because Redis said it had tokens left).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_pod_turning_busy_under_the_limit_refuses_nothing() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let redis = Redis::start().await;
+    let fleet = pods(
+        &redis,
+        1,
+        &[
+            ("TCPIE_RATE_PER_SECOND", "1000"),
+            ("TCPIE_BURST", "1000"),
+            ("TCPIE_MAX_CONNECTIONS", "1000"),
+        ],
+    );
+    wait_mode(&fleet, "shared", 1).await;
+    // Quiet for two heartbeats: the lease is down to its idle size.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(metric(&fleet[0], "tcpie_rate_limit_lease_tokens").await <= 1.0);
+    let addr = fleet[0].tcp;
+    let tasks: Vec<_> = (0..200)
+        .map(|_| {
+            tokio::spawn(async move {
+                request(
+                    addr,
+                    b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+                )
+                .await
+                .map(|r| r.status)
+            })
+        })
+        .collect();
+    let mut statuses = std::collections::BTreeMap::new();
+    for t in tasks {
+        *statuses.entry(t.await.unwrap().unwrap_or(0)).or_insert(0) += 1;
+    }
+    assert_eq!(statuses.get(&200), Some(&200), "{statuses:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_client_spread_over_pods_gets_its_limit_once() {
     let _serial = ONE_AT_A_TIME.lock().await;

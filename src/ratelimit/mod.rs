@@ -237,18 +237,33 @@ impl RateLimits {
         };
         let global = match fleet.global() {
             None => None,
-            Some(bucket) => match bucket.take(now, shared) {
-                Ok(taken) => {
-                    if let Leased::Leased { left } = taken {
-                        fleet.spent(left);
+            Some(bucket) => {
+                let mut taken = bucket.take(now, shared);
+                // Spent, but the fleet's bucket is not: this pod's demand outran its
+                // estimate (a quiet pod turned busy, a burst). Wait for refills, a round
+                // trip each, up to the Redis timeout, rather than refuse.
+                let deadline = now + fleet.timeout();
+                while taken.is_err() && fleet.shared() && bucket.more_in_redis() {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
                     }
-                    Some((bucket, taken))
+                    fleet.refill(bucket, left).await;
+                    taken = bucket.take(Instant::now(), fleet.shared());
                 }
-                Err(wait) => {
-                    fleet.ran_out();
-                    return said(Some((Limit::Global, wait)), Some(global_quota(bucket)));
+                match taken {
+                    Ok(taken) => {
+                        if let Leased::Leased { left } = taken {
+                            fleet.spent(left);
+                        }
+                        Some((bucket, taken))
+                    }
+                    Err(wait) => {
+                        fleet.ran_out();
+                        return said(Some((Limit::Global, wait)), Some(global_quota(bucket)));
+                    }
                 }
-            },
+            }
         };
         let admitted_global = || global.map(|(bucket, _)| global_quota(bucket));
         let Some((clients, id)) = clients else {

@@ -77,6 +77,17 @@ pub fn lease_size(rate: f64, demand: f64, total: f64) -> u64 {
     (size.ceil() as u64).max(1)
 }
 
+/// Tokens a pod that ran dry may ask for at once, whatever its demand estimate says: an
+/// equal part of what the fleet leaves unasked (`rate − total` over the horizon). A quiet
+/// pod that turns busy is followed within one round trip instead of refusing requests
+/// while its estimate catches up, and all the leases together still hold at most
+/// `HORIZON × rate` (plus one token per pod): each pod's share-based lease covers its part
+/// of `total`, the dry ones split the rest.
+pub fn dry_lease(rate: f64, total: f64, pods: u32) -> u64 {
+    let spare = (rate - total).max(0.0) * HORIZON.as_secs_f64();
+    (spare / f64::from(pods.max(1))).ceil() as u64
+}
+
 /// The global bucket of a fleet: the pod's lease, and its fair share for fallback.
 #[derive(Debug)]
 pub struct SharedBucket {
@@ -203,6 +214,13 @@ impl SharedBucket {
         self.remaining.store(granted.remaining, Ordering::Relaxed);
     }
 
+    /// Whether Redis had tokens left after its last grant: a pod that ran dry then is
+    /// one whose estimate lags, and its refill is worth a request's short wait. (With
+    /// none left, the fleet is at its limit: a refusal then is right, and immediate.)
+    pub fn more_in_redis(&self) -> bool {
+        self.remaining.load(Ordering::Relaxed) > 0
+    }
+
     /// Requests that asked since the last call.
     pub fn asked(&self) -> u64 {
         self.asked.swap(0, Ordering::Relaxed)
@@ -320,6 +338,22 @@ impl FairShare {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dry_pod_may_take_an_equal_part_of_what_the_fleet_leaves_unasked() {
+        // Alone and quiet: a horizon of the whole rate.
+        assert_eq!(dry_lease(20_000.0, 0.0, 1), 2_000);
+        // Ten pods asking 12,000 of 20,000: the dry one takes a tenth of the 8,000 left.
+        assert_eq!(dry_lease(20_000.0, 12_000.0, 10), 80);
+        // A fleet asking the whole rate or more leaves nothing: only its share-based lease.
+        assert_eq!(dry_lease(20_000.0, 25_000.0, 10), 0);
+        // Share-based leases (which cover `total`) and dry leases together stay within
+        // the horizon: 0.1 × 12,000 + 10 × 80 = 2,000 = 0.1 × 20,000.
+        let shares: u64 = (0..10)
+            .map(|_| lease_size(20_000.0, 1_200.0, 12_000.0))
+            .sum();
+        assert!(shares + 10 * dry_lease(20_000.0, 12_000.0, 10) <= 2_000 + 10);
+    }
     use proptest::prelude::*;
 
     /// A reference GCRA in the same units, one token at a time.

@@ -34,7 +34,7 @@ use crate::metrics::{FleetMetrics, RedisCall, RedisFailure};
 use crate::ratelimit::client_key::Identity;
 use crate::ratelimit::client_table::ClientId;
 use crate::ratelimit::gcra::Gcra;
-use lease::{lease_size, Granted, SharedBucket};
+use lease::{dry_lease, lease_size, Granted, SharedBucket};
 
 /// How often the refresher registers the pod and settles its lease when nothing else
 /// wakes it.
@@ -81,6 +81,8 @@ pub(crate) struct Fleet {
     /// The lease's refill mark: the refresher is woken when the lease falls to it.
     low: AtomicU64,
     wake: Notify,
+    /// Told after every lease call, granted or failed: requests waiting in `refill`.
+    refilled: Notify,
     metrics: FleetMetrics,
 }
 
@@ -180,6 +182,7 @@ impl Fleet {
             client_burst: config.client_burst,
             low: AtomicU64::new(0),
             wake: Notify::new(),
+            refilled: Notify::new(),
             metrics,
         })
     }
@@ -250,6 +253,24 @@ impl Fleet {
         if self.shared() {
             self.wake.notify_one();
         }
+    }
+
+    /// A request's longest wait for Redis (`TCPIE_REDIS_TIMEOUT_MS`).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Wakes the refresher and waits for its next lease call, at most `wait`: for a
+    /// request that found the lease spent while Redis still had tokens.
+    pub async fn refill(&self, bucket: &SharedBucket, wait: Duration) {
+        let refilled = self.refilled.notified();
+        tokio::pin!(refilled);
+        refilled.as_mut().enable();
+        if bucket.leased() > 0 {
+            return; // refilled between the request's look and now
+        }
+        self.wake.notify_one();
+        let _ = tokio::time::timeout(wait, refilled).await;
     }
 
     /// A client's id: the same in every pod. It is 64 bits of a SHA-1 digest of the
@@ -431,16 +452,32 @@ impl Fleet {
         let mut total: f64 = 0.0;
         let mut last_call: Option<Instant> = None;
         let mut pause = Duration::ZERO;
+        let mut dry_since: Option<Instant> = None;
         loop {
             let now = Instant::now();
             let rate = self.global.as_ref().map_or(0.0, |g| g.rate());
             let asked = self.global.as_ref().map_or(0, |g| g.asked());
             let d = demand.update(now, asked);
-            let size = lease_size(rate, d, total.max(d));
+            let mut size = lease_size(rate, d, total.max(d));
+            // Ran dry: the estimate lags a pod that turned busy. Take an equal part of
+            // what the fleet leaves unasked, and keep it for a horizon, by when the
+            // estimate has caught up (it is measured every 10 ms), rather than give it
+            // back at once as more than the estimate says is needed.
+            let mut keep = size;
+            if let Some(g) = &self.global {
+                let dry = dry_lease(rate, total, g.fallback().pods());
+                if asked > 0 && g.leased() == 0 {
+                    dry_since = Some(now);
+                    size = size.max(dry);
+                }
+                if dry_since.is_some_and(|t| now.duration_since(t) < lease::HORIZON) {
+                    keep = size.max(dry);
+                }
+            }
             self.low.store((size / 4).max(1), Ordering::Relaxed);
             let (back, want) = match &self.global {
                 Some(g) if g.expired(now) => (g.take_back(0), size),
-                Some(g) if g.leased() as u64 > size => (g.take_back(size as i64), 0),
+                Some(g) if g.leased() as u64 > keep => (g.take_back(keep as i64), 0),
                 Some(g) if g.leased() as u64 <= size / 4 => (0, size - g.leased() as u64),
                 _ => (0, 0),
             };
@@ -466,6 +503,7 @@ impl Fleet {
                     }
                     Err(Unreachable) => pause = EMPTY_PACE,
                 }
+                self.refilled.notify_waiters();
             }
             if let Some(g) = &self.global {
                 self.metrics.lease.set(g.leased());
