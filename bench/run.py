@@ -379,6 +379,128 @@ def scenario_k(out: list[str]) -> dict:
     return figures
 
 
+class Redis(Server):
+    """Debian's redis-server on a loopback port, saving nothing."""
+
+    def __init__(self):
+        port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="bench-redis-"))
+        super().__init__("redis", ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                                   "--appendonly", "no", "--dir", str(self.dir)], None, port)
+
+    def command(self, *words: str) -> bytes:
+        """One command's answer: a bulk string's bytes, or the status line."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+            s.sendall(("*%d\r\n" % len(words) + "".join(f"${len(w)}\r\n{w}\r\n" for w in words)).encode())
+            answer = s.makefile("rb")
+            head = answer.readline()
+            return answer.read(int(head[1:])) if head.startswith(b"$") else head
+
+    def commands(self) -> int:
+        """Commands Redis has processed (INFO's own call included)."""
+        return int(re.search(rb"total_commands_processed:(\d+)", self.command("INFO", "stats")).group(1))
+
+
+def metric(text: str, line: str) -> float:
+    m = re.search(rf"^{re.escape(line)} (\S+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def scenario_r(out: list[str]) -> dict:
+    """Fleet limits (issue 23). Cost: TCPie with the global bucket (and then a client key)
+    kept in Redis against the same limits kept in the pod, keep-alive at the same offered
+    rate (64 connections paced 6 ms apart: about 10,000 requests/s), limits that refuse
+    nothing; Redis's own CPU apart. Commands per 1,000 requests at that rate, from Redis's
+    INFO. Over-admission: N processes sharing one limit, each flooded by its own wrk for
+    10 s: admitted in total against burst + rate x t."""
+    figures: dict = {}
+    keep = {"TCPIE_KEEP_ALIVE": "true", "TCPIE_MAX_REQUESTS_PER_CONNECTION": "1000000"}
+    limits = {"TCPIE_RATE_PER_SECOND": "20000", "TCPIE_BURST": "2000"}
+    clients = {"TCPIE_CLIENT_KEY": "peer", "TCPIE_CLIENT_RATE_PER_SECOND": "20000", "TCPIE_CLIENT_BURST": "2000"}
+    redis = Redis()
+    try:
+        url = {"TCPIE_REDIS_URL": f"redis://127.0.0.1:{redis.port}", "TCPIE_RATE_LIMIT_NAME": "bench"}
+        cases = [
+            ("global bucket in the pod", {**keep, **limits}),
+            ("global bucket in Redis", {**keep, **limits, **url}),
+            ("global + client buckets in the pod", {**keep, **limits, **clients}),
+            ("global + client buckets in Redis", {**keep, **limits, **clients, **url}),
+        ]
+        for threads in WRK_THREADS:
+            results: dict[str, list[dict]] = {name: [] for name, _ in cases}
+            for _ in range(ROUNDS):
+                for name, env in cases:
+                    server = start_tcpie(env)
+                    try:
+                        time.sleep(0.5)  # the first lease, or the fallback, settled
+                        redis_cpu0, commands0 = redis.cpu_seconds(), redis.commands()
+                        text = server.metrics()
+                        calls0 = metric(text, 'tcpie_redis_calls_total{call="lease"}') + metric(
+                            text, 'tcpie_redis_calls_total{call="client"}')
+                        row = measure(server, connections=64, close=False, pace_ms=6, threads=threads)
+                        row["redis_cpu_us_per_req"] = (redis.cpu_seconds() - redis_cpu0) / max(row["requests"], 1) * 1e6
+                        row["commands_per_1000"] = (redis.commands() - commands0 - 1) / max(row["requests"], 1) * 1000
+                        text = server.metrics()
+                        calls = metric(text, 'tcpie_redis_calls_total{call="lease"}') + metric(
+                            text, 'tcpie_redis_calls_total{call="client"}')
+                        row["calls_per_1000"] = (calls - calls0) / max(row["requests"], 1) * 1000
+                        row["shared"] = metric(text, 'tcpie_rate_limit_mode{mode="shared"}')
+                        row["refused"] = metric(text, 'tcpie_requests_total{outcome="rate_limited"}') + metric(
+                            text, 'tcpie_requests_total{outcome="client_rate_limited"}')
+                        results[name].append(row)
+                    finally:
+                        server.stop()
+            out.append(table(
+                f"R. Limits in the pod and in Redis, keep-alive at about 10,000 requests/s, 64 connections, wrk -t{threads} (medians of {ROUNDS} interleaved rounds)",
+                results,
+                COLUMNS[:4] + [("redis_cpu_us_per_req", "Redis CPU µs/request", "{:.1f}"),
+                               ("calls_per_1000", "TCPie's Redis calls / 1000 requests", "{:.2f}"),
+                               ("commands_per_1000", "commands Redis ran / 1000 requests (script steps too)", "{:.1f}"),
+                               ("refused", "refused", "{:.0f}")]))
+            figures[f"cost-t{threads}"] = medians(results, ("cpu_us_per_req", "rps", "p99_ms", "calls_per_1000", "commands_per_1000", "redis_cpu_us_per_req", "refused"))
+        for pods in (3, 10):
+            figures[f"over-admission-{pods}"] = over_admission(out, redis, pods)
+    finally:
+        redis.stop()
+    return figures
+
+
+def over_admission(out: list[str], redis: Redis, pods: int, rate: int = 2000, burst: int = 200, seconds: int = 10) -> dict:
+    name = f"bench-flood-{pods}-{time.monotonic_ns()}"
+    env = {"TCPIE_KEEP_ALIVE": "true", "TCPIE_MAX_REQUESTS_PER_CONNECTION": "1000000",
+           "TCPIE_RATE_PER_SECOND": str(rate), "TCPIE_BURST": str(burst),
+           "TCPIE_REDIS_URL": f"redis://127.0.0.1:{redis.port}", "TCPIE_RATE_LIMIT_NAME": name,
+           "TCPIE_REDIS_EXPECTED_PODS": str(pods)}
+    rows = []
+    for _ in range(ROUNDS):
+        servers = [start_tcpie(env) for _ in range(pods)]
+        try:
+            time.sleep(1.0)  # every pod registered and shared
+            shared = sum(metric(s.metrics(), 'tcpie_rate_limit_mode{mode="shared"}') for s in servers)
+            before = sum(metric(s.metrics(), 'tcpie_requests_total{outcome="processed"}') for s in servers)
+            started = time.monotonic()
+            loads = [subprocess.Popen(harness.wrk_argv(f"http://127.0.0.1:{s.port}/", 4, seconds, 1),
+                                      stdout=subprocess.PIPE, text=True) for s in servers]
+            answered = sum(harness.parse_wrk(p.communicate(timeout=seconds + 30)[0])["requests"] for p in loads)
+            elapsed = time.monotonic() - started
+            admitted = sum(metric(s.metrics(), 'tcpie_requests_total{outcome="processed"}') for s in servers) - before
+        finally:
+            for s in servers:
+                s.stop()
+        # The bucket was full at the start (burst), then refilled for the whole window.
+        allowed = burst + rate * elapsed
+        rows.append({"admitted": admitted, "allowed": allowed, "over": admitted / allowed - 1,
+                     "answered": answered, "shared": shared})
+    out.append(f"\n### R. Over-admission: {pods} processes sharing {rate}/s (burst {burst}), each flooded by wrk -t1 -c4 for {seconds} s ({ROUNDS} rounds)\n")
+    out.append("| round | pods shared | answered | admitted | burst + rate × t | over |")
+    out.append("|---|---|---|---|---|---|")
+    for i, r in enumerate(rows, 1):
+        out.append(f"| {i} | {r['shared']:.0f}/{pods} | {r['answered']} | {r['admitted']:.0f} | {r['allowed']:.0f} | {r['over'] * 100:+.2f} % |")
+    over = harness.median(r["over"] for r in rows)
+    out.append(f"| median | | | | | {over * 100:+.2f} % |")
+    return {"over": over, "rows": rows}
+
+
 def scenario_e(out: list[str]) -> None:
     r = subprocess.run(
         ["cargo", "bench", "--bench", "admission", "--", "--warm-up-time", "1", "--measurement-time", "3"],
@@ -392,7 +514,7 @@ def scenario_e(out: list[str]) -> None:
 
 
 def main() -> int:
-    only = set(sys.argv[1:]) or {"A", "B", "C", "D", "P", "S", "T", "K", "E"}
+    only = set(sys.argv[1:]) or {"A", "B", "C", "D", "P", "S", "T", "K", "R", "E"}
     out = [f"## Run of {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"]
     out.append(f"\nMachine: {os.cpu_count()} cores, {open('/proc/meminfo').readline().split()[1]} kB memory; "
                f"{harness.wrk_version()}; "
@@ -416,6 +538,8 @@ def main() -> int:
         figures["T"] = scenario_tracing(out)
     if "K" in only:
         figures["K"] = scenario_k(out)
+    if "R" in only:
+        figures["R"] = scenario_r(out)
     if "E" in only:
         scenario_e(out)
     text = "\n".join(out)

@@ -4,6 +4,7 @@ the fixture that started it."""
 
 import json
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -95,3 +96,55 @@ def start_prometheus():
     yield start
     for p in started:
         p.stop()
+
+
+class Redis:
+    """Debian's redis-server on a free loopback port, saving nothing, with a password."""
+
+    def __init__(self, password: str):
+        self.dir = Path(tempfile.mkdtemp(prefix="redis-"))
+        self.port = free_port()
+        self.password = password
+        self.proc = subprocess.Popen(
+            [
+                "redis-server", "--bind", "127.0.0.1", "--port", str(self.port),
+                "--save", "", "--appendonly", "no", "--dir", str(self.dir),
+                "--requirepass", password,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    s.sendall(f"AUTH {password}\r\nPING\r\n".encode())
+                    if b"+PONG" in s.recv(100):
+                        return
+            except OSError:
+                pass
+            assert self.proc.poll() is None, "redis-server exited"
+            time.sleep(0.1)
+        raise AssertionError("redis-server did not answer")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def start_redis():
+    started: list[Redis] = []
+
+    def start(password: str) -> Redis:
+        r = Redis(password)
+        started.append(r)
+        return r
+
+    yield start
+    for r in started:
+        r.stop()

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -85,6 +86,13 @@ def test_every_scenario_renders_what_it_enables(scenario):
         ({"tcpie": {"wokers": 2}}, "wokers"),
         ({"otel": {"protocol": "http/json"}}, "protocol"),
         ({"extraEnv": [{"name": "TCPIE_WORKERS", "value": "3"}]}, "extraEnv"),
+        ({"redis": {"url": "http://redis:6379"}}, "url"),
+        ({"redis": {"url": "redis://:hunter2@redis:6379"}}, "existingSecret"),
+        ({"redis": {"url": "redis://default:hunter2@redis:6379"}}, "existingSecret"),
+        ({"redis": {"existingSecret": "redis"}}, "redis.url"),
+        ({"redis": {"timeoutMs": 0}}, "timeoutMs"),
+        ({"redis": {"rateLimitName": "a b"}}, "rateLimitName"),
+        ({"networkPolicy": {"egress": {"enabled": "yes"}}}, "enabled"),
     ],
 )
 def test_the_schema_rejects_bad_values(bad, complaint):
@@ -273,7 +281,7 @@ def test_checkov_passes_every_production_scenario(tmp_path):
     assert skips, "the chart README lists no skipped checkov checks"
     # min and max exercise the schema's bounds and the extension points (a bare sidecar),
     # not a production setup.
-    for scenario in (s for s in SCENARIOS if s.stem in ("default", "all", "keda")):
+    for scenario in (s for s in SCENARIOS if s.stem in ("default", "all", "keda", "redis")):
         write_docs(tmp_path, scenario.stem, documents(render(values(scenario))))
     r = subprocess.run(
         [
@@ -446,3 +454,78 @@ def test_the_tier_scenario_forwards_to_a_service_by_name():
     assert env["TCPIE_UPSTREAM_TIMEOUT_MS"] == "10000"
     r = subprocess.run([str(BINARY), "healthcheck"], env={"PATH": os.environ["PATH"], **env}, capture_output=True)
     assert b"configuration error" not in r.stderr, r.stderr
+
+
+def test_the_redis_scenario_shares_the_limits_through_a_real_redis(start_tcpie, start_redis, tmp_path):
+    """ci/redis-values.yaml, rendered: the password comes from the Secret as a mounted file
+    (never in the ConfigMap), the fleet size before Redis answers is the HPA's minimum, the
+    NetworkPolicy lets the pods reach DNS and Redis and nothing else; started with exactly
+    that environment (the Secret's file written where the kubelet would mount it) against a
+    real redis-server with that password, TCPie shares its limits."""
+    docs = documents(render(values(CHART / "ci" / "redis-values.yaml")))
+    pod = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    cm = by_kind(docs, "ConfigMap")[0]["data"]
+    assert cm["TCPIE_REDIS_URL"] == "redis://redis-master.shop.svc:6379"
+    assert cm["TCPIE_REDIS_EXPECTED_PODS"] == "3"
+    assert cm["TCPIE_RATE_LIMIT_NAME"] == "shop.tcpie"
+    assert not any("password" in v.lower() for k, v in cm.items() if k != "TCPIE_REDIS_PASSWORD_FILE")
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "redis-password"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "redis-password"]
+    assert volume["secret"]["secretName"] == "redis"
+    assert volume["secret"]["items"] == [{"key": "redis-password", "path": "password"}]
+    assert cm["TCPIE_REDIS_PASSWORD_FILE"] == f"{mount['mountPath']}/password" and mount["readOnly"]
+
+    (policy,) = by_kind(docs, "NetworkPolicy")
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    egress = policy["spec"]["egress"]
+    assert {(p["port"], p["protocol"]) for p in egress[0]["ports"]} == {(53, "UDP"), (53, "TCP")}
+    assert egress[1]["ports"] == [{"port": 6379, "protocol": "TCP"}]
+    assert egress[1]["to"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "redis"}}}]
+    assert len(egress) == 2, egress
+
+    password = "s3cret-from-the-Secret"
+    redis = start_redis(password)
+    secret = tmp_path / "password"
+    secret.write_text(password + "\n")  # as `kubectl create secret --from-file` often keeps it
+    env = container_env(docs, {"K8S_POD_NAME": "tcpie-abc", "K8S_NAMESPACE": NAMESPACE})
+    env.update({
+        "TCPIE_HOST": "127.0.0.1", "TCPIE_PORT": "0", "TCPIE_ADMIN_PORT": "0",
+        "TCPIE_REDIS_URL": f"redis://127.0.0.1:{redis.port}",
+        "TCPIE_REDIS_PASSWORD_FILE": str(secret),
+    })
+    tcpie = start_tcpie(env)
+    deadline = time.monotonic() + 10
+    while 'tcpie_rate_limit_mode{mode="shared"} 1' not in tcpie.metrics():
+        assert time.monotonic() < deadline, tcpie.metrics()
+        time.sleep(0.1)
+    assert http(f"http://{tcpie.tcp}/")[0] == 200
+    assert 'tcpie_rate_limit_pods 1' in tcpie.metrics()
+
+
+def test_the_egress_policy_follows_the_urls_ports():
+    docs = documents(render({
+        "networkPolicy": {"egress": {"enabled": True, "to": [{"namespaceSelector": {}}],
+                                     "extraRules": [{"ports": [{"port": 443, "protocol": "TCP"}]}]}},
+        "redis": {"url": "rediss://cache.example.com"},
+        "upstream": {"url": "http://checkout.shop.svc"},
+        "otel": {"endpoint": "http://collector.observability:4318", "protocol": "http/protobuf"},
+    }))
+    egress = by_kind(docs, "NetworkPolicy")[0]["spec"]["egress"]
+    ports = [rule["ports"][0]["port"] for rule in egress]
+    # DNS, Redis (rediss:// without a port: 6379), the upstream (80), OTLP, the extra rule.
+    assert ports == [53, 6379, 80, 4318, 443], egress
+    assert "to" not in egress[1] and egress[2]["to"] == [{"namespaceSelector": {}}]
+    # Without egress.enabled, egress is not restricted at all.
+    policy = by_kind(documents(render({"redis": {"url": "redis://r:6380"}})), "NetworkPolicy")[0]
+    assert policy["spec"]["policyTypes"] == ["Ingress"] and "egress" not in policy["spec"]
+
+
+def test_the_fleet_size_before_redis_answers_follows_the_replicas():
+    def expected(vals):
+        return by_kind(documents(render(vals)), "ConfigMap")[0]["data"]["TCPIE_REDIS_EXPECTED_PODS"]
+
+    assert expected({}) == "2"
+    assert expected({"replicaCount": 5}) == "5"
+    assert expected({"autoscaling": {"hpa": {"enabled": True, "minReplicas": 4}}}) == "4"
+    assert expected({"redis": {"expectedPods": 7}, "replicaCount": 5}) == "7"

@@ -151,7 +151,7 @@ def test_prometheus_scrapes_tcpie_and_answers_every_dashboard_query(start_tcpie,
         for f in ("rules.yml", "alerts.yml")
         for g in yaml.safe_load((PROMETHEUS_DIR / f).read_text())["groups"]
     )
-    assert sum(len(g["rules"]) for g in rules) == declared == 14
+    assert sum(len(g["rules"]) for g in rules) == declared == 15
     assert all(r["health"] == "ok" for g in rules for r in g["rules"]), rules
 
 

@@ -63,6 +63,33 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 namespace="{{ .Release.Namespace }}", service="{{ include "tcpie.fullname" . }}"
 {{- end }}
 
+{{/* The port of a URL (a dict of url and the scheme's default port), for egress rules. */}}
+{{- define "tcpie.urlPort" -}}
+{{- $host := (urlParse .url).host }}
+{{- $port := regexFind "[0-9]+$" (regexFind ":[0-9]+$" $host) }}
+{{- $port | default .default }}
+{{- end }}
+
+{{/* The fleet size until Redis is first reached: redis.expectedPods, else the pods the
+     chart starts with (the autoscaler's minimum when there is one). */}}
+{{- define "tcpie.expectedPods" -}}
+{{- if gt (int64 .Values.redis.expectedPods) 0 }}
+{{- .Values.redis.expectedPods | int64 }}
+{{- else if .Values.autoscaling.hpa.enabled }}
+{{- .Values.autoscaling.hpa.minReplicas | int64 }}
+{{- else if .Values.autoscaling.keda.enabled }}
+{{- .Values.autoscaling.keda.minReplicas | int64 }}
+{{- else }}
+{{- max 1 (int64 .Values.replicaCount) }}
+{{- end }}
+{{- end }}
+
+{{/* The name the fleet's limits are kept under in Redis: redis.rateLimitName, else the
+     release's namespace and full name, so two releases sharing a Redis never share a limit. */}}
+{{- define "tcpie.rateLimitName" -}}
+{{- .Values.redis.rateLimitName | default (printf "%s.%s" .Release.Namespace (include "tcpie.fullname" .) | trunc 100) }}
+{{- end }}
+
 {{/* Refuses settings that cannot work together. */}}
 {{- define "tcpie.validate" -}}
 {{- if and .Values.autoscaling.keda.enabled (not .Values.metrics.serviceMonitor.enabled) }}
@@ -76,6 +103,12 @@ namespace="{{ .Release.Namespace }}", service="{{ include "tcpie.fullname" . }}"
 {{- end }}
 {{- if and .Values.autoscaling.hpa.enabled .Values.autoscaling.keda.enabled }}
 {{- fail "autoscaling.hpa.enabled and autoscaling.keda.enabled are mutually exclusive: KEDA creates its own HPA. Enable one." }}
+{{- end }}
+{{- if regexMatch "^rediss?://[^/@]*:[^/@]*@" .Values.redis.url }}
+{{- fail "redis.url holds a password, which would sit in a ConfigMap anyone who can read ConfigMaps can read: put it in a Secret and name it in redis.existingSecret (and redis.existingSecretPasswordKey)." }}
+{{- end }}
+{{- if and .Values.redis.existingSecret (not .Values.redis.url) }}
+{{- fail "redis.existingSecret is set but redis.url is empty: the password is for the Redis the fleet's limits live in; set redis.url too." }}
 {{- end }}
 {{- $needed := add (mul (int64 .Values.preStopSleepSeconds) 1000) (int64 .Values.tcpie.shutdownDelayMs) (int64 .Values.tcpie.shutdownTimeoutMs) }}
 {{- if le (mul (int64 .Values.terminationGracePeriodSeconds) 1000) (int64 $needed) }}
