@@ -38,9 +38,13 @@ def scenario(request) -> Path:
     return request.param
 
 
-def test_every_values_file_starts_the_binary(scenario):
+def test_every_values_file_starts_the_binary(scenario, tmp_path):
     docs = documents(render(values(scenario)))
     env = container_env(docs, {"K8S_POD_NAME": "tcpie-abc", "K8S_NAMESPACE": NAMESPACE})
+    if "TCPIE_REDIS_PASSWORD_FILE" in env:
+        # The Secret's key, where the kubelet would mount it.
+        (tmp_path / "password").write_text("from-the-secret\n")
+        env["TCPIE_REDIS_PASSWORD_FILE"] = str(tmp_path / "password")
     # Helm reads YAML numbers as float64: an integer must not come out as "1e+06".
     for name, value in env.items():
         # Rates are fractions: "1e+09" is a float the binary reads as such.
