@@ -33,6 +33,10 @@ import sys
 import urllib.parse
 
 STATS = {"requests": 0, "in_flight": 0, "max_in_flight": 0, "connections": 0}
+# Bumped by /reset-stats: a request still held from before the reset (an earlier test's
+# slow request, abandoned by its proxy) must not count out of the new tally when it ends,
+# or the next test would see one request fewer in flight than there are.
+RESETS = [0]
 PATTERN = bytes(range(256)) * 256
 
 
@@ -104,11 +108,13 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
             STATS["requests"] += 1
             STATS["in_flight"] += 1
             STATS["max_in_flight"] = max(STATS["max_in_flight"], STATS["in_flight"])
+            counted_in = RESETS[0]
             try:
                 body, framing = await read_body(reader, headers)
                 keep = await answer(writer, method, url.path, query, headers, body, framing, keep, target)
             finally:
-                STATS["in_flight"] -= 1
+                if counted_in == RESETS[0]:
+                    STATS["in_flight"] -= 1
             if not keep:
                 return
     except (ConnectionError, asyncio.IncompleteReadError):
@@ -189,7 +195,9 @@ async def answer(writer, method, path, query, headers, body, framing, keep, targ
     elif path == "/stats":
         writer.write(response(200, json.dumps(STATS).encode(), keep))
     elif path == "/reset-stats":
-        STATS.update(requests=0, in_flight=1, max_in_flight=1, connections=1)
+        RESETS[0] += 1
+        # This request belongs to the old tally: the new one starts empty.
+        STATS.update(requests=0, in_flight=0, max_in_flight=0, connections=1)
         writer.write(response(200, b"{}", keep))
     else:
         writer.write(response(404, b"", keep, "text/plain"))
