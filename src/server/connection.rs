@@ -314,6 +314,11 @@ impl Conn {
     /// `date`), then the body in `framing`, each write within `limit`. `Err` when the
     /// body failed part way or a write did not finish: the caller then closes the
     /// connection, so the client sees the truncation.
+    ///
+    /// A piece of the body already there when the head goes (a small answer from the
+    /// upstream comes with its head) goes out with it, and the chunked end with the last
+    /// piece: one system call and one TCP segment where there would be two or three, and
+    /// the client woken once.
     pub async fn answer_stream(
         &mut self,
         head: &[u8],
@@ -327,47 +332,100 @@ impl Conn {
             .position(|w| w == b"\r\n")
             .map_or(0, |at| at + 2);
         let (status, rest) = head.split_at(line_end);
-        let wrote = if date {
-            self.write_dated([status, rest, &[], &[]], limit).await
-        } else {
-            self.write_raw(head, limit).await
-        };
-        if !wrote {
-            return Err(Truncated::Write);
-        }
+        let date_line = date.then(date::line);
+        let date_line: &[u8] = date_line.as_ref().map_or(&[], |line| &line[..]);
+        let mut unwritten = Some([status, date_line, rest]);
         if framing == Framing::Nothing {
-            return Ok(());
+            return self
+                .write_within(&unwritten.unwrap_or_default(), limit)
+                .await;
         }
+        // Ready now or not at all: the head does not wait for the body.
+        let mut ready = match poll_fn(|cx| Poll::Ready(stream.body.as_mut().poll_frame(cx))).await {
+            Poll::Ready(frame) => Some(frame),
+            Poll::Pending => {
+                self.write_within(&unwritten.take().unwrap_or_default(), limit)
+                    .await?;
+                None
+            }
+        };
         let mut sent: u64 = 0;
+        // The chunked end went out with the piece the body said was its last.
+        let mut terminated = false;
         loop {
-            let frame = poll_fn(|cx| http_body::Body::poll_frame(stream.body.as_mut(), cx)).await;
+            let frame = match ready.take() {
+                Some(frame) => frame,
+                // Polled to its end, not to `is_end_stream`: the end is where the body
+                // gives its upstream connection back and records the answer's time.
+                None => poll_fn(|cx| stream.body.as_mut().poll_frame(cx)).await,
+            };
             let data = match frame {
-                None => break,
-                Some(Err(_)) => return Err(Truncated::Body),
+                None => None,
+                Some(Err(_)) => return self.truncate(unwritten, limit).await,
                 Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) if !data.is_empty() => data,
+                    Ok(data) if !data.is_empty() => Some(data),
                     // Trailers are not passed on; empty frames say nothing.
                     _ => continue,
                 },
             };
-            sent += data.len() as u64;
-            let written = match framing {
-                Framing::Length(n) if sent > n => return Err(Truncated::Body),
-                Framing::Chunked => {
-                    let size = format!("{:x}\r\n", data.len());
-                    let parts = [size.as_bytes(), &data[..], b"\r\n", &[], &[]];
-                    timeout(limit, write_parts(&mut self.stream, parts)).await
+            let Some(data) = data else {
+                if matches!(framing, Framing::Length(n) if sent != n) {
+                    return self.truncate(unwritten, limit).await;
                 }
-                _ => timeout(limit, self.stream.write_all(&data)).await,
+                let last = if framing == Framing::Chunked && !terminated {
+                    LAST_CHUNK
+                } else {
+                    &[]
+                };
+                let [status, date, rest] = unwritten.unwrap_or_default();
+                return self.write_within(&[status, date, rest, last], limit).await;
             };
-            if !matches!(written, Ok(Ok(()))) {
-                return Err(Truncated::Write);
+            sent += data.len() as u64;
+            if terminated || matches!(framing, Framing::Length(n) if sent > n) {
+                // Whatever is written now would be a forged end.
+                return self.truncate(unwritten, limit).await;
             }
+            let mut size = ChunkSize::default();
+            let (before, after, last): (&[u8], &[u8], &[u8]) = match framing {
+                Framing::Chunked => {
+                    terminated = stream.body.is_end_stream();
+                    let last: &[u8] = if terminated { LAST_CHUNK } else { &[] };
+                    (size.of(data.len()), b"\r\n", last)
+                }
+                _ => (&[], &[], &[]),
+            };
+            let [status, date, rest] = unwritten.take().unwrap_or_default();
+            self.write_within(&[status, date, rest, before, &data, after, last], limit)
+                .await?;
         }
-        match framing {
-            Framing::Length(n) if sent != n => Err(Truncated::Body),
-            Framing::Chunked if !self.write_raw(b"0\r\n\r\n", limit).await => Err(Truncated::Write),
-            _ => Ok(()),
+    }
+
+    /// Ends an answer whose body failed: the head, if it is still unwritten, goes out
+    /// alone, and the caller closes the connection after it, so the client sees the
+    /// truncation rather than a forged end.
+    async fn truncate(
+        &mut self,
+        unwritten: Option<[&[u8]; 3]>,
+        limit: Duration,
+    ) -> Result<(), Truncated> {
+        if let Some(head) = unwritten {
+            self.write_within(&head, limit).await?;
+        }
+        Err(Truncated::Body)
+    }
+
+    /// Writes `parts` in order within `limit`: one system call when the socket takes them
+    /// all (it almost always does, and then no timer is set).
+    async fn write_within(&mut self, parts: &[&[u8]], limit: Duration) -> Result<(), Truncated> {
+        let mut write = pin!(write_parts(&mut self.stream, parts));
+        let written = match poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
+            Poll::Ready(result) => result.is_ok(),
+            Poll::Pending => matches!(timeout(limit, write).await, Ok(Ok(()))),
+        };
+        if written {
+            Ok(())
+        } else {
+            Err(Truncated::Write)
         }
     }
 
@@ -400,18 +458,11 @@ impl Conn {
         self.write_dated([before, fields, after, body], limit).await
     }
 
-    /// Writes `parts[0]`, the `Date` line, then the other parts: one system call when the
-    /// socket takes it all (it almost always does).
+    /// Writes `parts[0]`, the `Date` line, then the other parts, within `limit`.
     async fn write_dated(&mut self, parts: [&[u8]; 4], limit: Duration) -> bool {
         let date = date::line();
         let parts = [parts[0], &date[..], parts[1], parts[2], parts[3]];
-        let mut write = pin!(write_parts(&mut self.stream, parts));
-        // The socket almost always takes the whole answer at once: only an answer that
-        // has to wait gets a timer (and a clock read) for its deadline.
-        match poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
-            Poll::Ready(result) => result.is_ok(),
-            Poll::Pending => matches!(timeout(limit, write).await, Ok(Ok(()))),
-        }
+        self.write_within(&parts, limit).await.is_ok()
     }
 
     /// Writes bytes as they are (the interim `100 Continue`) within `limit`.
@@ -461,11 +512,33 @@ impl Conn {
     }
 }
 
-async fn write_parts(stream: &mut TcpStream, parts: [&[u8]; 5]) -> std::io::Result<()> {
+/// The chunked body's last chunk, with no trailers.
+const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// A chunk's size line, in hexadecimal, written where it is needed.
+#[derive(Default)]
+struct ChunkSize([u8; 18]);
+
+impl ChunkSize {
+    fn of(&mut self, size: usize) -> &[u8] {
+        let digits = (usize::BITS - size.leading_zeros()).div_ceil(4).max(1) as usize;
+        for (at, shift) in (0..digits).rev().enumerate() {
+            self.0[at] = b"0123456789abcdef"[(size >> (shift * 4)) & 0xf];
+        }
+        self.0[digits..digits + 2].copy_from_slice(b"\r\n");
+        &self.0[..digits + 2]
+    }
+}
+
+/// Most parts one write takes: the status line, `Date`, the other head lines, a chunk's
+/// size line, its data, its end, and the last chunk.
+const MAX_PARTS: usize = 7;
+
+async fn write_parts(stream: &mut TcpStream, parts: &[&[u8]]) -> std::io::Result<()> {
     let total: usize = parts.iter().map(|p| p.len()).sum();
     let mut written = 0;
     while written < total {
-        let mut slices = [IoSlice::new(&[]); 5];
+        let mut slices = [IoSlice::new(&[]); MAX_PARTS];
         let mut n = 0;
         let mut skip = written;
         for part in parts {
@@ -483,4 +556,30 @@ async fn write_parts(stream: &mut TcpStream, parts: [&[u8]; 5]) -> std::io::Resu
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ChunkSize;
+
+    #[test]
+    fn chunk_sizes_are_lowercase_hexadecimal_lines() {
+        for size in [
+            0usize,
+            1,
+            9,
+            10,
+            15,
+            16,
+            255,
+            256,
+            4096,
+            65535,
+            1 << 20,
+            usize::MAX,
+        ] {
+            let mut line = ChunkSize::default();
+            assert_eq!(line.of(size), format!("{size:x}\r\n").as_bytes(), "{size}");
+        }
+    }
 }
