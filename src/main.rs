@@ -8,10 +8,6 @@ use tcpie::config::TraceSettings;
 use tcpie::telemetry;
 use tcpie::{bind, descriptors, signals, Config, Listeners};
 
-// mimalloc, not glibc's malloc: see the note at the allocator's entry in Cargo.toml.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Exit code for a configuration error (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
 /// Exit code when the server cannot start (a port in use, for example).
