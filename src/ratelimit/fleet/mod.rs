@@ -358,22 +358,16 @@ impl Fleet {
         demand: f64,
         leave: bool,
     ) -> Result<(Granted, u32, f64), Unreachable> {
-        let Some(bucket) = &self.global else {
-            // No global bucket: the call only registers the pod.
-            return self.register(demand, leave).await.map(|(pods, total)| {
-                (
-                    Granted {
-                        granted: 0,
-                        wait_us: 0,
-                        remaining: 0,
-                    },
-                    pods,
-                    total,
-                )
-            });
+        let (key, interval, tolerance, back, want) = match &self.global {
+            Some(bucket) => {
+                let (interval, tolerance) = micros(bucket.gcra());
+                (self.keys.global.clone(), interval, tolerance, back, want)
+            }
+            // No global bucket: the call only registers the pod, with a bucket nobody
+            // uses (one script, one code path, for both).
+            None => (format!("{}:none", self.keys.global), 1.0, 1.0, 0, 0),
         };
-        let (interval, tolerance) = micros(bucket.gcra());
-        let mut invocation = self.lease_script.key(&self.keys.global);
+        let mut invocation = self.lease_script.key(key);
         invocation
             .key(&self.keys.pods)
             .key(&self.keys.demand)
@@ -409,39 +403,8 @@ impl Fleet {
         };
         Ok((
             granted,
-            u32::try_from(n(3)).unwrap_or(u32::MAX),
+            u32::try_from(n(3)).unwrap_or(u32::MAX).max(1),
             n(4) as f64,
-        ))
-    }
-
-    /// Registers the pod when there is no global bucket to lease from.
-    async fn register(&self, demand: f64, leave: bool) -> Result<(u32, f64), Unreachable> {
-        // The lease script with a bucket nobody uses: one code path for the register.
-        let mut invocation = self.lease_script.key(format!("{}:none", self.keys.global));
-        invocation
-            .key(&self.keys.pods)
-            .key(&self.keys.demand)
-            .arg(1)
-            .arg(1)
-            .arg(0)
-            .arg(0)
-            .arg(&self.pod)
-            .arg(POD_TTL_MS)
-            .arg(demand.round() as u64)
-            .arg(if leave { "leave" } else { "" })
-            .arg("");
-        let mut con = self.redis.clone();
-        let reply: Vec<i64> = self
-            .call(
-                RedisCall::Lease,
-                self.lease_timeout,
-                invocation.invoke_async(&mut con),
-            )
-            .await?;
-        let pods = reply.get(3).copied().unwrap_or(1);
-        Ok((
-            u32::try_from(pods).unwrap_or(1),
-            reply.get(4).copied().unwrap_or(0) as f64,
         ))
     }
 
