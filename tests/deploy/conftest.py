@@ -1,5 +1,5 @@
-"""Shared fixtures of the deploy tests: the built tcpie binary on free loopback ports, and
-a real Prometheus (Debian package) scraping it. Every process started here is stopped by
+"""Shared fixtures of the deploy tests: the built tcpie binary on free loopback ports, a
+real Prometheus (Debian package) scraping it, and a real Redis (Debian package). Every process started here is stopped by
 the fixture that started it."""
 
 import json
@@ -21,21 +21,42 @@ from harness import ROOT, Tcpie, free_port, http, loopback_env  # noqa: E402,F40
 BINARY = ROOT / "target" / "debug" / "tcpie"
 
 
-@pytest.fixture
-def start_tcpie():
-    started: list[Tcpie] = []
+def starter(make):
+    """A fixture's body: a function that starts what `make` makes, each stopped at the
+    fixture's end, whatever the test did."""
+    started = []
 
-    def start(env: dict[str, str]) -> Tcpie:
-        t = Tcpie(env)
-        started.append(t)
-        return t
+    def start(*args):
+        made = make(*args)
+        started.append(made)
+        return made
 
     yield start
-    for t in started:
-        t.stop()
+    for made in started:
+        made.stop()
 
 
-class Prometheus:
+@pytest.fixture
+def start_tcpie():
+    yield from starter(Tcpie)
+
+
+class Daemon:
+    """A server process with a scratch directory, both gone at `stop`."""
+
+    proc: subprocess.Popen
+    dir: Path
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Prometheus(Daemon):
     def __init__(self, config: dict, rule_files: list[Path]):
         self.dir = Path(tempfile.mkdtemp(prefix="prometheus-"))
         for f in rule_files:
@@ -75,30 +96,13 @@ class Prometheus:
     def query(self, expr: str) -> list:
         return self.api("query", query=expr)["result"]
 
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
 
 @pytest.fixture
 def start_prometheus():
-    started: list[Prometheus] = []
-
-    def start(config: dict, rule_files: list[Path]) -> Prometheus:
-        p = Prometheus(config, rule_files)
-        started.append(p)
-        return p
-
-    yield start
-    for p in started:
-        p.stop()
+    yield from starter(Prometheus)
 
 
-class Redis:
+class Redis(Daemon):
     """Debian's redis-server on a free loopback port, saving nothing, with a password."""
 
     def __init__(self, password: str):
@@ -127,24 +131,7 @@ class Redis:
             time.sleep(0.1)
         raise AssertionError("redis-server did not answer")
 
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
 
 @pytest.fixture
 def start_redis():
-    started: list[Redis] = []
-
-    def start(password: str) -> Redis:
-        r = Redis(password)
-        started.append(r)
-        return r
-
-    yield start
-    for r in started:
-        r.stop()
+    yield from starter(Redis)
