@@ -27,6 +27,7 @@ from harness import ROOT, free_port  # noqa: E402
 
 TCPIE = harness.binary("release")
 BARE = ROOT / "target" / "release" / "examples" / "bare"
+BARE_PROXY = ROOT / "target" / "release" / "examples" / "bare_proxy"
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
 DURATION = int(os.environ.get("DURATION", "8"))
 # wrk's threads: 2 shares both cores with the server; 1 leaves the server a core of its
@@ -287,11 +288,26 @@ def proxies(keepalive: bool) -> list:
         (prefix / template.replace(".in", "")).write_text(conf)
         return Fronted(Server(name, argv(prefix / template.replace(".in", ""), prefix), None, port, True), backend)
 
-    return [
+    def bare(kind):
+        # The floors: bare tokio passing requests on through hyper's client connection,
+        # and with no HTTP library at all (bench/tools/bare_proxy.rs). Keep-alive only:
+        # they keep one backend connection per client connection.
+        backend = start_bare(True)
+        port = free_port()
+        proxy = Server(f"bare {kind}", [str(BARE_PROXY), str(port), str(backend.port), kind], None, port)
+        return Fronted(proxy, backend)
+
+    servers = [
         ("tcpie → backend", tcpie),
         ("nginx → backend", lambda: configured("nginx", "proxy-nginx.conf.in", lambda c, p: ["nginx", "-c", str(c), "-p", str(p)])),
         ("haproxy → backend", lambda: configured("haproxy", "proxy-haproxy.cfg.in", lambda c, p: ["haproxy", "-W", "-db", "-f", str(c)])),
     ]
+    if keepalive:
+        servers += [
+            ("bare tokio + hyper client → backend", lambda: bare("hyper")),
+            ("bare tokio, no HTTP library → backend", lambda: bare("raw")),
+        ]
+    return servers
 
 
 def scenario_p(out: list[str]) -> dict:

@@ -21,7 +21,7 @@ fi
 # The examples first and the binary on its own: built together, the binary would get the
 # features the examples' dev-dependencies enable (regex's unicode tables, say), and not be
 # the binary users run.
-cargo build --release --locked --example bare
+cargo build --release --locked --example bare --example bare_proxy
 cargo build --release --locked --bin tcpie
 ulimit -n 30000 2>/dev/null || true
 exec python3 bench/run.py "$@"
