@@ -208,9 +208,16 @@ pub fn full_head(
     framing: Framing,
     keep_alive: bool,
 ) {
-    let _ = write!(out, "HTTP/1.1 {status} {}\r\n", reason(status));
+    // Every handler's answer passes here: plain appends, no formatting machinery.
+    out.extend_from_slice(b"HTTP/1.1 ");
+    put_decimal(out, u64::from(status));
+    out.push(b' ');
+    out.extend_from_slice(reason(status).as_bytes());
+    out.extend_from_slice(b"\r\n");
     if !content_type.is_empty() {
-        let _ = write!(out, "Content-Type: {content_type}\r\n");
+        out.extend_from_slice(b"Content-Type: ");
+        out.extend_from_slice(content_type.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
     for (name, value) in headers {
         if reserved(name) {
@@ -223,7 +230,9 @@ pub fn full_head(
     }
     match framing {
         Framing::Length(n) => {
-            let _ = write!(out, "Content-Length: {n}\r\n");
+            out.extend_from_slice(b"Content-Length: ");
+            put_decimal(out, n);
+            out.extend_from_slice(b"\r\n");
         }
         Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
         Framing::Close | Framing::Nothing => {}
@@ -233,6 +242,22 @@ pub fn full_head(
     } else {
         b"Connection: close\r\n\r\n"
     });
+}
+
+/// Appends `n` in decimal.
+fn put_decimal(out: &mut Vec<u8>, n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut n = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 /// The built-in answer, prebuilt once: TCPie's default handler sends these bytes.
@@ -284,5 +309,31 @@ mod tests {
         );
         assert_eq!(answer_head(200, "text/plain", 14, true), head);
         assert_ne!(answer_head(200, "text/plain", 15, true), head);
+    }
+
+    #[test]
+    fn decimals_are_written_as_format_writes_them() {
+        for n in [0u64, 7, 10, 99, 100, 4096, 10_485_760, u64::MAX] {
+            let mut out = b"x".to_vec();
+            put_decimal(&mut out, n);
+            assert_eq!(out, format!("x{n}").into_bytes());
+        }
+        let mut out = Vec::new();
+        let mut fields = http::HeaderMap::new();
+        fields.insert("x-a", http::HeaderValue::from_static("1"));
+        fields.insert("content-length", http::HeaderValue::from_static("99"));
+        full_head(
+            &mut out,
+            404,
+            "text/html",
+            &fields,
+            Framing::Length(12),
+            true,
+        );
+        assert_eq!(
+            out,
+            b"HTTP/1.1 404 Not Found\r\nContent-Type: text/html\r\nx-a: 1\r\n\
+              Content-Length: 12\r\nConnection: keep-alive\r\n\r\n"
+        );
     }
 }

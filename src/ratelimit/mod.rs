@@ -141,7 +141,9 @@ impl RateLimits {
     /// fleet, the shared buckets, which may wait for Redis, within its timeout.
     pub async fn check(&self, now: Instant, client: Option<ClientId>) -> Said {
         match &self.fleet {
-            Some(fleet) => self.check_fleet(fleet, now, client).await,
+            // Boxed: the fleet's wait is large, and every request's admission would
+            // otherwise carry room for it, fleet or not.
+            Some(fleet) => Box::pin(self.check_fleet(fleet, now, client)).await,
             None => self.check_local(now, client),
         }
     }

@@ -193,7 +193,9 @@ impl Pool {
                 },
             }
         }
-        let mut sender = self.connect().await?;
+        // Boxed: a new connection is rare, and its future (a name lookup, a connect, a
+        // handshake) would otherwise make every request's future as large as it.
+        let mut sender = Box::pin(self.connect()).await?;
         let response = sender.send_request(request).await?;
         Ok((response, self.lease(sender)))
     }

@@ -5,120 +5,202 @@
 //! upstream, nor one of the upstream's the client. `X-Forwarded-For` gets the peer appended,
 //! `X-Forwarded-Proto` is set; `Host` passes as the client sent it.
 
-use std::io::Write;
-
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::http::fields;
 
-/// Fields that describe one connection, not the message.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "te",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-connection",
-];
-
-/// The fields the framing of a message is told by, set again by whoever writes it.
-const FRAMING: &[&str] = &["content-length", "transfer-encoding"];
-
-/// The names a `Connection` field lists (lower-cased), from every line of it.
-fn named_by_connection<'a>(lines: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> Vec<Vec<u8>> {
-    lines
-        .filter(|(n, _)| n.eq_ignore_ascii_case(b"connection"))
-        .flat_map(|(_, v)| v.split(|b| *b == b','))
-        .map(|t| t.trim_ascii().to_ascii_lowercase())
-        .filter(|t| !t.is_empty())
-        .collect()
-}
-
-fn dropped(name: &[u8], named: &[Vec<u8>]) -> bool {
-    HOP_BY_HOP
+/// Fields that describe one connection, not the message, and the framing fields, which
+/// whoever writes a message sets again.
+fn hop_by_hop(name: &[u8]) -> bool {
+    // By length first: most names are none of these, and most lengths rule all out.
+    let candidates: &[&str] = match name.len() {
+        2 => &["te"],
+        7 => &["upgrade"],
+        10 => &["connection", "keep-alive"],
+        14 => &["content-length"],
+        16 => &["proxy-connection"],
+        17 => &["transfer-encoding"],
+        _ => return false,
+    };
+    candidates
         .iter()
-        .chain(FRAMING)
         .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
-        || named.iter().any(|n| name.eq_ignore_ascii_case(n))
 }
 
-/// Whether the request asks to switch protocols (a WebSocket handshake, `h2c`): upstream
-/// mode answers these 501 rather than forward a request stripped of what it asks.
-pub fn asks_upgrade(head: &[u8]) -> bool {
-    let named = named_by_connection(fields(head));
-    fields(head).any(|(n, _)| n.eq_ignore_ascii_case(b"upgrade"))
-        && named.iter().any(|n| n == b"upgrade")
+/// The values of a message's `Connection` fields, which name more fields that stay on
+/// this hop. Most messages have none or one line, kept without allocating.
+#[derive(Default)]
+struct Connection<'a> {
+    first: Option<&'a [u8]>,
+    more: Vec<&'a [u8]>,
 }
+
+impl<'a> Connection<'a> {
+    fn add(&mut self, value: &'a [u8]) {
+        if self.first.is_none() {
+            self.first = Some(value);
+        } else {
+            self.more.push(value);
+        }
+    }
+
+    fn tokens(&self) -> impl Iterator<Item = &'a [u8]> + '_ {
+        self.first
+            .into_iter()
+            .chain(self.more.iter().copied())
+            .flat_map(|v| v.split(|b| *b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|t| !t.is_empty())
+    }
+
+    fn names(&self, name: &[u8]) -> bool {
+        self.tokens().any(|t| t.eq_ignore_ascii_case(name))
+    }
+}
+
+/// A request that asks to switch protocols (a WebSocket handshake, `h2c`): upstream mode
+/// answers these 501 rather than forward a request stripped of what it asks.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Upgrade;
 
 /// The fields to forward of a request `head` from `peer`: the end-to-end ones as sent (but
 /// `Expect`, which TCPie answered itself, and the trace context when `own_trace` replaces
-/// it), then `X-Forwarded-For` with `peer` appended and `X-Forwarded-Proto: http`.
-pub fn request_fields(head: &Bytes, peer: std::net::IpAddr, own_trace: bool) -> HeaderMap {
-    let named = named_by_connection(fields(head));
-    let mut out = HeaderMap::with_capacity(16);
-    let mut forwarded_for: Vec<u8> = Vec::new();
+/// it), then `X-Forwarded-For` with `peer` appended and `X-Forwarded-Proto: http`; or
+/// [`Upgrade`] when the request asks to switch protocols (an `Upgrade` field that its
+/// `Connection` field names).
+pub fn request_fields(
+    head: &Bytes,
+    peer: std::net::IpAddr,
+    own_trace: bool,
+) -> Result<HeaderMap, Upgrade> {
+    let mut connection = Connection::default();
+    let (mut count, mut upgrade) = (0, false);
     for (name, value) in fields(head) {
-        if dropped(name, &named)
+        count += 1;
+        if name.eq_ignore_ascii_case(b"connection") {
+            connection.add(value);
+        } else if name.eq_ignore_ascii_case(b"upgrade") {
+            upgrade = true;
+        }
+    }
+    if upgrade && connection.names(b"upgrade") {
+        return Err(Upgrade);
+    }
+    // Room for every field as sent and the two (or three, with a trace) TCPie adds: one
+    // allocation of the right size.
+    let mut out = HeaderMap::with_capacity(count + 3);
+    let mut forwarded_for: Option<BytesMut> = None;
+    for (name, value) in fields(head) {
+        if hop_by_hop(name)
             || name.eq_ignore_ascii_case(b"expect")
             || name.eq_ignore_ascii_case(b"x-forwarded-proto")
             || (own_trace
                 && (name.eq_ignore_ascii_case(b"traceparent")
                     || name.eq_ignore_ascii_case(b"tracestate")))
+            || (connection.first.is_some() && connection.names(name))
         {
             continue;
         }
         if name.eq_ignore_ascii_case(b"x-forwarded-for") {
             if !value.is_empty() {
-                if !forwarded_for.is_empty() {
-                    forwarded_for.extend_from_slice(b", ");
+                let list = forwarded_for.get_or_insert_with(|| BytesMut::with_capacity(64));
+                if !list.is_empty() {
+                    list.put_slice(b", ");
                 }
-                forwarded_for.extend_from_slice(value);
+                list.put_slice(value);
             }
             continue;
         }
         // The head was parsed, so its names and values are valid; one that is not is left
-        // out rather than forwarded broken.
-        // Values are slices of the head itself (`fields` yields subslices of it): shared,
-        // nothing copied.
-        let value = head.slice_ref(value);
+        // out rather than forwarded broken. Values are slices of the head itself (`fields`
+        // yields subslices of it): shared, nothing copied.
         if let (Ok(n), Ok(v)) = (
             HeaderName::from_bytes(name),
-            HeaderValue::from_maybe_shared(value),
+            HeaderValue::from_maybe_shared(head.slice_ref(value)),
         ) {
             out.append(n, v);
         }
     }
-    if !forwarded_for.is_empty() {
-        forwarded_for.extend_from_slice(b", ");
+    let mut list = forwarded_for.unwrap_or_else(|| BytesMut::with_capacity(40));
+    if !list.is_empty() {
+        list.put_slice(b", ");
     }
-    let _ = write!(forwarded_for, "{peer}");
-    if let Ok(v) = HeaderValue::from_bytes(&forwarded_for) {
+    write_ip(&mut list, peer);
+    if let Ok(v) = HeaderValue::from_maybe_shared(list.freeze()) {
         out.insert(HeaderName::from_static("x-forwarded-for"), v);
     }
     out.insert(
         HeaderName::from_static("x-forwarded-proto"),
         HeaderValue::from_static("http"),
     );
-    out
+    Ok(out)
 }
 
-/// The upstream's response fields to pass to the client: all but the hop-by-hop and
-/// framing ones.
-pub fn response_fields(upstream: &HeaderMap) -> HeaderMap {
-    let named = named_by_connection(
-        upstream
-            .get_all(http::header::CONNECTION)
-            .iter()
-            .map(|v| (&b"connection"[..], v.as_bytes())),
-    );
-    let mut out = HeaderMap::with_capacity(upstream.len());
-    for (name, value) in upstream {
-        if !dropped(name.as_str().as_bytes(), &named) {
-            out.append(name.clone(), value.clone());
+/// Appends `ip` as text; an IPv4 address without the formatting machinery, since every
+/// forwarded request writes one.
+fn write_ip(out: &mut BytesMut, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.put_u8(b'.');
+                }
+                if octet >= 100 {
+                    out.put_u8(b'0' + octet / 100);
+                }
+                if octet >= 10 {
+                    out.put_u8(b'0' + octet / 10 % 10);
+                }
+                out.put_u8(b'0' + octet % 10);
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            use std::fmt::Write as _;
+            let mut text = String::with_capacity(39);
+            let _ = write!(text, "{v6}");
+            out.put_slice(text.as_bytes());
         }
     }
-    out
+}
+
+/// Removes from the upstream's response fields the hop-by-hop ones and those its
+/// `Connection` field names, in place. `Connection` itself and the framing fields are
+/// left: the answer's writer writes its own and never these (see
+/// [`crate::http::full_head`]).
+pub fn strip_response_fields(fields: &mut HeaderMap) {
+    use http::header::{CONNECTION, TE, UPGRADE};
+    // One look at each name; most answers carry none of these but `Connection:
+    // keep-alive`, which names nothing to remove.
+    let mut present: Vec<HeaderName> = Vec::new();
+    for name in fields.keys() {
+        if name == TE
+            || name == UPGRADE
+            || name.as_str() == "keep-alive"
+            || name.as_str() == "proxy-connection"
+        {
+            present.push(name.clone());
+        }
+    }
+    for value in fields.get_all(CONNECTION) {
+        for token in value.as_bytes().split(|b| *b == b',') {
+            let token = token.trim_ascii();
+            if token.is_empty()
+                || token.eq_ignore_ascii_case(b"close")
+                || token.eq_ignore_ascii_case(b"keep-alive")
+            {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token) {
+                if name != CONNECTION {
+                    present.push(name);
+                }
+            }
+        }
+    }
+    for name in present {
+        fields.remove(name);
+    }
 }
 
 #[cfg(test)]
@@ -135,7 +217,8 @@ mod tests {
             &Bytes::from_static(head),
             "192.0.2.7".parse().unwrap(),
             false,
-        );
+        )
+        .unwrap();
         let names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
         assert_eq!(
             names,
@@ -150,16 +233,18 @@ mod tests {
     fn forwarded_for_joins_every_line_then_the_peer() {
         let head =
             b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: a\r\nx-forwarded-for: b, c\r\n\r\n";
-        let out = request_fields(&Bytes::from_static(head), "::1".parse().unwrap(), false);
+        let out = request_fields(&Bytes::from_static(head), "::1".parse().unwrap(), false).unwrap();
         assert_eq!(out["x-forwarded-for"], "a, b, c, ::1");
         let head = b"GET / HTTP/1.1\r\nHost: h\r\ntraceparent: 00-1-2-01\r\n\r\n";
         assert!(
             request_fields(&Bytes::from_static(head), "::1".parse().unwrap(), true)
+                .unwrap()
                 .get("traceparent")
                 .is_none()
         );
         assert!(
             request_fields(&Bytes::from_static(head), "::1".parse().unwrap(), false)
+                .unwrap()
                 .get("traceparent")
                 .is_some()
         );
@@ -180,10 +265,35 @@ mod tests {
         ] {
             h.append(HeaderName::from_static(n), HeaderValue::from_static(v));
         }
-        let out = response_fields(&h);
-        let names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
-        assert_eq!(names, ["content-type", "set-cookie"]);
-        assert_eq!(out.get_all("set-cookie").iter().count(), 2);
+        strip_response_fields(&mut h);
+        // Removing may reorder fields of different names, which carries no meaning
+        // (RFC 9110 §5.3); lines of one name keep their order.
+        let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        // `Connection` and the framing fields stay for the writer, which writes its own
+        // and never these.
+        assert_eq!(
+            names,
+            [
+                "connection",
+                "content-length",
+                "content-type",
+                "set-cookie",
+                "transfer-encoding"
+            ]
+        );
+        let cookies: Vec<_> = h.get_all("set-cookie").iter().collect();
+        assert_eq!(cookies, ["a=1", "b=2"]);
+        // An answer with nothing to strip keeps every field.
+        let mut plain = HeaderMap::new();
+        plain.append("content-type", HeaderValue::from_static("text/plain"));
+        plain.append("x-a", HeaderValue::from_static("1"));
+        strip_response_fields(&mut plain);
+        assert_eq!(plain.len(), 2);
+    }
+
+    fn asks_upgrade(head: &'static [u8]) -> bool {
+        request_fields(&Bytes::from_static(head), "::1".parse().unwrap(), false) == Err(Upgrade)
     }
 
     #[test]
@@ -191,11 +301,32 @@ mod tests {
         assert!(asks_upgrade(
             b"GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
         ));
+        assert!(asks_upgrade(
+            b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: keep-alive\r\n\
+              connection: upgrade\r\n\r\n"
+        ));
         assert!(!asks_upgrade(
             b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n"
         ));
         assert!(!asks_upgrade(
             b"GET / HTTP/1.1\r\nConnection: upgrade\r\n\r\n"
         ));
+    }
+
+    #[test]
+    fn peers_are_written_as_their_usual_text() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.30.40",
+            "255.255.255.255",
+            "192.0.2.7",
+            "::1",
+            "2001:db8::7",
+        ] {
+            let mut out = BytesMut::new();
+            write_ip(&mut out, ip.parse().unwrap());
+            assert_eq!(&out[..], ip.as_bytes());
+        }
     }
 }

@@ -83,12 +83,6 @@ impl Handler for Upstream {
     }
 
     async fn handle(&self, request: &Request) -> Response {
-        if headers::asks_upgrade(request.head()) {
-            return Response::text(
-                501,
-                "protocol upgrades (WebSocket, h2c) are not forwarded by TCPie\n",
-            );
-        }
         // Origin form for the upstream; the absolute form a client may send becomes it.
         let target = request.path();
         let path = match target.strip_prefix("http://") {
@@ -110,7 +104,14 @@ impl Handler for Upstream {
             error.type = Empty,
         );
         let traced = !span.is_disabled();
-        let mut fields = headers::request_fields(request.head_bytes(), request.peer().ip(), traced);
+        let Ok(mut fields) =
+            headers::request_fields(request.head_bytes(), request.peer().ip(), traced)
+        else {
+            return Response::text(
+                501,
+                "protocol upgrades (WebSocket, h2c) are not forwarded by TCPie\n",
+            );
+        };
         if traced {
             span.record(
                 "url.full",
@@ -173,7 +174,7 @@ impl Handler for Upstream {
         if status >= 500 {
             span.record("otel.status_code", "ERROR");
         }
-        let (parts, incoming) = response.into_parts();
+        let (mut parts, incoming) = response.into_parts();
         // The length a HEAD or 304 answer states is the representation's: keep it.
         let length = parts
             .headers
@@ -204,7 +205,8 @@ impl Handler for Upstream {
                 body: Box::pin(body),
             },
         );
-        answer.headers = headers::response_fields(&parts.headers);
+        headers::strip_response_fields(&mut parts.headers);
+        answer.headers = parts.headers;
         answer.marks.from_upstream = true;
         answer
     }
