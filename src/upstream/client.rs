@@ -8,7 +8,8 @@
 //! end, the only point at which HTTP/1.1 can carry another request on it; a response that
 //! breaks off takes its connection with it. A request that finds its idle connection closed
 //! by the upstream before a byte of it was sent is sent again, once, on a new one; so is an
-//! idempotent request without a body that went out as the upstream closed it.
+//! idempotent request without a body that went out as the upstream closed it (a FIN or a
+//! reset before any answer).
 
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
@@ -185,8 +186,9 @@ impl Pool {
                     (Some(unsent), _) if e.error().is_canceled() || e.error().is_closed() => {
                         request = unsent;
                     }
-                    // Sent, and the connection closed before a byte of an answer.
-                    (None, Some(again)) if e.error().is_incomplete_message() => {
+                    // Sent, and the connection closed (a FIN, or a reset: the upstream
+                    // closed with our request unread) before a byte of an answer.
+                    (None, Some(again)) if closed_before_answer(e.error()) => {
                         request = again;
                     }
                     _ => return Err(SendError::Response(e.into_error())),
@@ -206,6 +208,24 @@ impl Pool {
             sender: Some(sender),
         }
     }
+}
+
+/// Whether a request's connection ended before any answer: closed cleanly part way, or
+/// reset (an upstream that closes a connection with a request unread resets it).
+fn closed_before_answer(error: &hyper::Error) -> bool {
+    use std::error::Error as _;
+    error.is_incomplete_message()
+        || error
+            .source()
+            .and_then(|source| source.downcast_ref::<std::io::Error>())
+            .is_some_and(|io| {
+                matches!(
+                    io.kind(),
+                    std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::ConnectionAborted
+                        | std::io::ErrorKind::BrokenPipe
+                )
+            })
 }
 
 /// Closes the connections idle for longer than `idle_timeout`, until the pool goes.
