@@ -17,14 +17,15 @@
 pub mod signals;
 pub(crate) mod stop;
 
-use std::future::{poll_fn, Future};
-use std::pin::{pin, Pin};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::task::Poll;
+use std::task::{Context, Poll};
 
+use futures_util::future::OptionFuture;
 use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
-use tokio::time::{sleep_until, Instant};
+use tokio::time::{sleep_until, Instant, Sleep};
 
 /// How a wait under the lifecycle ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -104,43 +105,92 @@ impl Lifecycle {
     /// ready at once (a request whose bytes are already there, a handler that answers
     /// without waiting) never arms a timer nor touches a waiter list. Only a future that
     /// waits registers for phase changes, in the list `key` (a connection id) picks.
-    pub async fn within<F: Future>(
+    pub fn within<F: Future>(
         &self,
         phase: Phase,
         key: u64,
         deadline: Option<Instant>,
         fut: F,
-    ) -> Waited<F::Output> {
-        if self.reached(phase) {
-            return Waited::Stopped;
+    ) -> Within<'_, F> {
+        Within {
+            lifecycle: self,
+            phase,
+            key,
+            deadline,
+            started: false,
+            armed: false,
+            fut,
+            timer: None.into(),
+            change: None.into(),
+            listening: false,
         }
-        let mut fut = pin!(fut);
-        let mut timer = pin!(deadline.map(sleep_until));
-        let mut change: Option<Pin<Box<Notified<'_>>>> = None;
-        poll_fn(|cx| {
-            if let Poll::Ready(out) = fut.as_mut().poll(cx) {
-                return Poll::Ready(Waited::Done(out));
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// What [`Lifecycle::within`] returns. A plain future rather than an `async fn`: it
+    /// wraps the request path's every wait, and an `async fn` would move the wrapped
+    /// future once more on its first poll and keep room for its own locals.
+    pub struct Within<'a, F> {
+        lifecycle: &'a Lifecycle,
+        phase: Phase,
+        key: u64,
+        deadline: Option<Instant>,
+        started: bool,
+        armed: bool,
+        #[pin]
+        fut: F,
+        // Made only once `fut` has waited: a timer is registered only when polled.
+        #[pin]
+        timer: OptionFuture<Sleep>,
+        // Likewise the wait for a phase change, registered when first polled.
+        #[pin]
+        change: OptionFuture<Notified<'a>>,
+        listening: bool,
+    }
+}
+
+impl<F: Future> Future for Within<'_, F> {
+    type Output = Waited<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if !*this.started {
+            *this.started = true;
+            if this.lifecycle.reached(*this.phase) {
+                return Poll::Ready(Waited::Stopped);
             }
-            if let Some(timer) = timer.as_mut().as_pin_mut() {
-                if timer.poll(cx).is_ready() {
-                    return Poll::Ready(Waited::TimedOut);
-                }
+        }
+        if let Poll::Ready(out) = this.fut.poll(cx) {
+            return Poll::Ready(Waited::Done(out));
+        }
+        if let Some(deadline) = *this.deadline {
+            if !*this.armed {
+                *this.armed = true;
+                this.timer.set(Some(sleep_until(deadline)).into());
             }
-            loop {
-                // Created before the phase is read again, so that an advance in between is
-                // not missed (a Notified counts the notifications made after its creation).
-                let notified = change.get_or_insert_with(|| Box::pin(self.shard(key).notified()));
-                if self.reached(phase) {
-                    return Poll::Ready(Waited::Stopped);
-                }
-                match notified.as_mut().poll(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    // Some other phase was reached: wait for the next change.
-                    Poll::Ready(()) => change = None,
-                }
+            if let Poll::Ready(Some(())) = this.timer.as_mut().poll(cx) {
+                return Poll::Ready(Waited::TimedOut);
             }
-        })
-        .await
+        }
+        let lifecycle = *this.lifecycle;
+        loop {
+            // Created before the phase is read again, so that an advance in between is
+            // not missed (a Notified counts the notifications made after its creation).
+            if !*this.listening {
+                *this.listening = true;
+                this.change
+                    .set(Some(lifecycle.shard(*this.key).notified()).into());
+            }
+            if lifecycle.reached(*this.phase) {
+                return Poll::Ready(Waited::Stopped);
+            }
+            match this.change.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                // Some other phase was reached: wait for the next change.
+                Poll::Ready(_) => *this.listening = false,
+            }
+        }
     }
 }
 

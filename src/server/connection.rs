@@ -12,12 +12,12 @@
 use std::future::{poll_fn, Future};
 use std::io::IoSlice;
 use std::net::SocketAddr;
-use std::pin::pin;
-use std::task::Poll;
+use std::pin::{pin, Pin};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{timeout, Instant};
@@ -319,99 +319,36 @@ impl Conn {
     /// upstream comes with its head) goes out with it, and the chunked end with the last
     /// piece: one system call and one TCP segment where there would be two or three, and
     /// the client woken once.
-    pub async fn answer_stream(
-        &mut self,
-        head: &[u8],
+    pub fn answer_stream<'a>(
+        &'a mut self,
+        head: &'a [u8],
         date: bool,
-        stream: &mut ResponseStream,
+        stream: &'a mut ResponseStream,
         framing: Framing,
         limit: Duration,
-    ) -> Result<(), Truncated> {
+    ) -> Streaming<'a> {
         let line_end = head
             .windows(2)
             .position(|w| w == b"\r\n")
             .map_or(0, |at| at + 2);
         let (status, rest) = head.split_at(line_end);
-        let date_line = date.then(date::line);
-        let date_line: &[u8] = date_line.as_ref().map_or(&[], |line| &line[..]);
-        let mut unwritten = Some([status, date_line, rest]);
-        if framing == Framing::Nothing {
-            return self
-                .write_within(&unwritten.unwrap_or_default(), limit)
-                .await;
+        Streaming {
+            stream: &mut self.stream,
+            body: stream,
+            framing,
+            limit,
+            out: Out {
+                status,
+                date: date.then(date::line),
+                rest,
+                ..Out::default()
+            },
+            written: 0,
+            sent: 0,
+            step: Step::Head,
+            terminated: false,
+            timer: None,
         }
-        // Ready now or not at all: the head does not wait for the body.
-        let mut ready = match poll_fn(|cx| Poll::Ready(stream.body.as_mut().poll_frame(cx))).await {
-            Poll::Ready(frame) => Some(frame),
-            Poll::Pending => {
-                self.write_within(&unwritten.take().unwrap_or_default(), limit)
-                    .await?;
-                None
-            }
-        };
-        let mut sent: u64 = 0;
-        // The chunked end went out with the piece the body said was its last.
-        let mut terminated = false;
-        loop {
-            let frame = match ready.take() {
-                Some(frame) => frame,
-                // Polled to its end, not to `is_end_stream`: the end is where the body
-                // gives its upstream connection back and records the answer's time.
-                None => poll_fn(|cx| stream.body.as_mut().poll_frame(cx)).await,
-            };
-            let data = match frame {
-                None => None,
-                Some(Err(_)) => return self.truncate(unwritten, limit).await,
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) if !data.is_empty() => Some(data),
-                    // Trailers are not passed on; empty frames say nothing.
-                    _ => continue,
-                },
-            };
-            let Some(data) = data else {
-                if matches!(framing, Framing::Length(n) if sent != n) {
-                    return self.truncate(unwritten, limit).await;
-                }
-                let last = if framing == Framing::Chunked && !terminated {
-                    LAST_CHUNK
-                } else {
-                    &[]
-                };
-                let [status, date, rest] = unwritten.unwrap_or_default();
-                return self.write_within(&[status, date, rest, last], limit).await;
-            };
-            sent += data.len() as u64;
-            if terminated || matches!(framing, Framing::Length(n) if sent > n) {
-                // Whatever is written now would be a forged end.
-                return self.truncate(unwritten, limit).await;
-            }
-            let mut size = ChunkSize::default();
-            let (before, after, last): (&[u8], &[u8], &[u8]) = match framing {
-                Framing::Chunked => {
-                    terminated = stream.body.is_end_stream();
-                    let last: &[u8] = if terminated { LAST_CHUNK } else { &[] };
-                    (size.of(data.len()), b"\r\n", last)
-                }
-                _ => (&[], &[], &[]),
-            };
-            let [status, date, rest] = unwritten.take().unwrap_or_default();
-            self.write_within(&[status, date, rest, before, &data, after, last], limit)
-                .await?;
-        }
-    }
-
-    /// Ends an answer whose body failed: the head, if it is still unwritten, goes out
-    /// alone, and the caller closes the connection after it, so the client sees the
-    /// truncation rather than a forged end.
-    async fn truncate(
-        &mut self,
-        unwritten: Option<[&[u8]; 3]>,
-        limit: Duration,
-    ) -> Result<(), Truncated> {
-        if let Some(head) = unwritten {
-            self.write_within(&head, limit).await?;
-        }
-        Err(Truncated::Body)
     }
 
     /// Writes `parts` in order within `limit`: one system call when the socket takes them
@@ -509,6 +446,207 @@ impl Conn {
     /// Nagle could only delay the next one).
     pub fn set_nodelay(&self) {
         let _ = self.stream.set_nodelay(true);
+    }
+}
+
+/// Where a streamed answer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// The head is not out: it goes with the first piece of the body if that is there
+    /// when asked, alone if not.
+    Head,
+    /// The head is out (or going out); pieces of the body follow.
+    Body,
+    /// What is in `out` is the last thing to write; then the answer ends so.
+    Last(Result<(), Truncated>),
+}
+
+/// The bytes of one write of a streamed answer, in order: the head's parts (on the first
+/// write only), a chunk's size line, its data, its end, the last chunk.
+#[derive(Default)]
+struct Out<'a> {
+    status: &'a [u8],
+    date: Option<date::Line>,
+    rest: &'a [u8],
+    size: ChunkSize,
+    size_len: usize,
+    data: Bytes,
+    after: &'static [u8],
+    last: &'static [u8],
+}
+
+impl<'a> Out<'a> {
+    fn parts(&self) -> [&[u8]; MAX_PARTS] {
+        let date: &[u8] = self.date.as_ref().map_or(&[], |d| &d[..]);
+        [
+            self.status,
+            date,
+            self.rest,
+            &self.size.0[..self.size_len],
+            &self.data,
+            self.after,
+            self.last,
+        ]
+    }
+
+    /// The head has gone: only body parts from now on.
+    fn body_only(&mut self) {
+        (self.status, self.date, self.rest) = (&[], None, &[]);
+        self.size_len = 0;
+        self.data = Bytes::new();
+        (self.after, self.last) = (&[], &[]);
+    }
+
+    /// Everything but the head, which stays if it has not been written.
+    fn clear_body(&mut self) {
+        self.size_len = 0;
+        self.data = Bytes::new();
+        (self.after, self.last) = (&[], &[]);
+    }
+}
+
+/// A streamed answer on its way (see [`Conn::answer_stream`]): a plain future, not an
+/// `async fn`, so that the common answer (its head and whole body ready, written by one
+/// system call) costs neither a timer nor a large state moved around: a write waits, and
+/// arms its timer, only when the socket does not take it at once.
+pub(crate) struct Streaming<'a> {
+    stream: &'a mut TcpStream,
+    body: &'a mut ResponseStream,
+    framing: Framing,
+    limit: Duration,
+    out: Out<'a>,
+    /// Bytes of `out` already written.
+    written: usize,
+    /// Bytes of the body sent.
+    sent: u64,
+    step: Step,
+    /// The chunked end went out with the piece the body said was its last.
+    terminated: bool,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Streaming<'_> {
+    /// Writes what is in `out`; `Ready(Ok)` once all of it is written.
+    fn poll_out(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Truncated>> {
+        loop {
+            let parts = self.out.parts();
+            let total: usize = parts.iter().map(|p| p.len()).sum();
+            if self.written >= total {
+                self.timer = None;
+                return Poll::Ready(Ok(()));
+            }
+            let mut slices = [IoSlice::new(&[]); MAX_PARTS];
+            let mut n = 0;
+            let mut skip = self.written;
+            for part in parts {
+                if skip >= part.len() {
+                    skip -= part.len();
+                    continue;
+                }
+                slices[n] = IoSlice::new(&part[skip..]);
+                skip = 0;
+                n += 1;
+            }
+            match Pin::new(&mut *self.stream).poll_write_vectored(cx, &slices[..n]) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                    return Poll::Ready(Err(Truncated::Write))
+                }
+                Poll::Ready(Ok(w)) => self.written += w,
+                Poll::Pending => {
+                    let limit = self.limit;
+                    let timer = self
+                        .timer
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                    if timer.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Err(Truncated::Write));
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+
+    /// Stops the answer short: the head goes out if it has not, then nothing more.
+    fn truncate(&mut self) {
+        self.out.clear_body();
+        self.step = Step::Last(Err(Truncated::Body));
+    }
+}
+
+impl Future for Streaming<'_> {
+    type Output = Result<(), Truncated>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        loop {
+            // Until the first piece of the body is known, the head waits in `out`.
+            if this.step != Step::Head {
+                match this.poll_out(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    other => return other,
+                }
+                if let Step::Last(result) = this.step {
+                    return Poll::Ready(result);
+                }
+                // What was in `out` is written: make the next write.
+                this.out.body_only();
+                this.written = 0;
+            }
+            if this.framing == Framing::Nothing {
+                this.step = Step::Last(Ok(()));
+                continue;
+            }
+            // Polled to its end, not to `is_end_stream`: the end is where the body gives
+            // its upstream connection back and records the answer's time.
+            let frame = match this.body.body.as_mut().poll_frame(cx) {
+                // The head does not wait for the body.
+                Poll::Pending if this.step == Step::Head => {
+                    this.step = Step::Body;
+                    continue;
+                }
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(frame) => frame,
+            };
+            let data = match frame {
+                None => None,
+                Some(Err(_)) => {
+                    this.truncate();
+                    continue;
+                }
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) if !data.is_empty() => Some(data),
+                    // Trailers are not passed on; empty frames say nothing.
+                    _ => continue,
+                },
+            };
+            let Some(data) = data else {
+                if matches!(this.framing, Framing::Length(n) if this.sent != n) {
+                    this.truncate();
+                    continue;
+                }
+                if this.framing == Framing::Chunked && !this.terminated {
+                    this.out.last = LAST_CHUNK;
+                }
+                this.step = Step::Last(Ok(()));
+                continue;
+            };
+            this.sent += data.len() as u64;
+            if this.terminated || matches!(this.framing, Framing::Length(n) if this.sent > n) {
+                // Whatever is written now would be a forged end.
+                this.truncate();
+                continue;
+            }
+            if this.framing == Framing::Chunked {
+                this.terminated = this.body.body.is_end_stream();
+                this.out.size_len = this.out.size.of(data.len()).len();
+                this.out.after = b"\r\n";
+                if this.terminated {
+                    this.out.last = LAST_CHUNK;
+                }
+            }
+            this.out.data = data;
+            this.step = Step::Body;
+        }
     }
 }
 

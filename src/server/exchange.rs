@@ -400,8 +400,7 @@ impl<'a> Exchange<'a> {
         let answered = if framing == Body::Empty {
             // Nothing to pass on: the handler alone, and no channel.
             request.set_body(RequestBody::empty());
-            let work = core.lifecycle.within(Phase::HardStop, id, None, work);
-            match Box::pin(work).await {
+            match core.lifecycle.within(Phase::HardStop, id, None, work).await {
                 Waited::Done(response) => Some((response, Some(Pumped::Complete))),
                 Waited::TimedOut | Waited::Stopped => None,
             }
@@ -463,9 +462,9 @@ impl<'a> Exchange<'a> {
             self.answer_refusal(conn, end, quota).await;
             return Ok(ended(end, complete));
         }
-        let end =
-            Box::pin(self.write_response(conn, request, response, keep_alive && complete, quota))
-                .await;
+        let end = self
+            .write_response(conn, request, response, keep_alive && complete, quota)
+            .await;
         drop(permit);
         let keep = keep_alive && complete && end.1;
         Ok(Ended {

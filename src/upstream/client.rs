@@ -158,39 +158,34 @@ impl Pool {
     }
 
     /// Sends `request` on an idle connection, or a new one; the response head, and the
-    /// connection to give back once its body has been read.
+    /// connection to give back once its body has been read. `again` makes the request
+    /// anew (without a body) if an idempotent one must be sent again.
     pub async fn send(
         self: &Arc<Pool>,
-        request: http::Request<RequestBody>,
+        mut request: http::Request<RequestBody>,
+        again: impl FnOnce() -> Option<http::Request<RequestBody>>,
     ) -> Result<(http::Response<Incoming>, Lease), SendError> {
-        let mut request = request;
         if let Some(mut sender) = self.reuse().await {
             self.metrics.connection(ConnectionEvent::Reused);
             // The upstream may close an idle connection just as the request goes out on
             // it (its keep-alive timeout racing ours). An idempotent request without a
-            // body is then safe to send again (RFC 9112 §9.3.1), so its head is kept: a
-            // copy of the fields, whose values share their bytes.
-            let replay =
-                (request.method().is_idempotent() && request.body().is_end_stream()).then(|| {
-                    let mut again = http::Request::new(RequestBody::empty());
-                    *again.method_mut() = request.method().clone();
-                    *again.uri_mut() = request.uri().clone();
-                    *again.headers_mut() = request.headers().clone();
-                    again
-                });
+            // body is then safe to send again (RFC 9112 §9.3.1): made anew, so that no
+            // copy of it is kept for the rare race.
+            let replayable = request.method().is_idempotent() && request.body().is_end_stream();
             match sender.try_send_request(request).await {
                 Ok(response) => return Ok((response, self.lease(sender))),
                 // Closed by the upstream while idle, before a byte of the request went:
                 // sent again, once, on a new connection.
-                Err(mut e) => match (e.take_message(), replay) {
-                    (Some(unsent), _) if e.error().is_canceled() || e.error().is_closed() => {
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if e.error().is_canceled() || e.error().is_closed() => {
                         request = unsent;
                     }
                     // Sent, and the connection closed (a FIN, or a reset: the upstream
                     // closed with our request unread) before a byte of an answer.
-                    (None, Some(again)) if closed_before_answer(e.error()) => {
-                        request = again;
-                    }
+                    None if replayable && closed_before_answer(e.error()) => match again() {
+                        Some(anew) => request = anew,
+                        None => return Err(SendError::Response(e.into_error())),
+                    },
                     _ => return Err(SendError::Response(e.into_error())),
                 },
             }

@@ -20,16 +20,20 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
 use opentelemetry::propagation::{Injector, TextMapPropagator};
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
+use tokio::time::error::Elapsed;
 use tokio::time::{sleep, timeout, Instant, Sleep};
 use tracing::field::Empty;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::config::{Config, Upstream as UpstreamTarget};
-use crate::handler::{Failure, Handler, Request, Response, ResponseStream, StreamError};
+use crate::handler::{
+    Failure, Handler, Request, RequestBody, Response, ResponseStream, StreamError,
+};
 use crate::metrics::{UpstreamClass, UpstreamMetrics};
 use crate::telemetry::REQUEST_TARGET;
 use client::{Lease, Pool, SendError};
@@ -83,13 +87,6 @@ impl Handler for Upstream {
     }
 
     async fn handle(&self, request: &Request) -> Response {
-        // Origin form for the upstream; the absolute form a client may send becomes it.
-        let target = request.path();
-        let path = match target.strip_prefix("http://") {
-            Some(rest) => rest.find('/').map_or("/", |at| &rest[at..]),
-            None if target.starts_with('/') => target,
-            None => return Response::text(501, "only origin-form targets are forwarded\n"),
-        };
         let span = tracing::debug_span!(
             target: REQUEST_TARGET,
             "upstream",
@@ -103,14 +100,47 @@ impl Handler for Upstream {
             http.response.status_code = Empty,
             error.type = Empty,
         );
+        // Built in a block so that nothing of the building lives on across the wait: this
+        // future is moved a few times on its way to being polled, and stays small.
+        let sent = {
+            let Some(body) = request.take_body() else {
+                return self.fail(&span, UpstreamClass::Error, "no_body");
+            };
+            let forward = match self.forward(request, &span, body) {
+                Ok(forward) => forward,
+                Err(not) => return not.answer(),
+            };
+            let span = &span;
+            self.pool.send(forward, move || {
+                self.forward(request, span, RequestBody::empty()).ok()
+            })
+        };
+        let started = Instant::now();
+        let answer = timeout(self.timeout, sent).instrument(span.clone()).await;
+        self.answered(span, started, answer)
+    }
+}
+
+impl Upstream {
+    /// The request to forward to the upstream, with `body`; or why it is not forwarded.
+    fn forward(
+        &self,
+        request: &Request,
+        span: &tracing::Span,
+        body: RequestBody,
+    ) -> Result<http::Request<RequestBody>, NotForwarded> {
+        // Origin form for the upstream; the absolute form a client may send becomes it.
+        let target = request.path();
+        let path = match target.strip_prefix("http://") {
+            Some(rest) => rest.find('/').map_or("/", |at| &rest[at..]),
+            None if target.starts_with('/') => target,
+            None => return Err(NotForwarded::TargetForm),
+        };
         let traced = !span.is_disabled();
         let Ok(mut fields) =
             headers::request_fields(request.head_bytes(), request.peer().ip(), traced)
         else {
-            return Response::text(
-                501,
-                "protocol upgrades (WebSocket, h2c) are not forwarded by TCPie\n",
-            );
+            return Err(NotForwarded::Upgrade);
         };
         if traced {
             span.record(
@@ -136,23 +166,27 @@ impl Handler for Upstream {
         // given, and many servers (busybox httpd, for one) refuse the absolute form.
         let mut uri = http::uri::Parts::default();
         uri.path_and_query = http::uri::PathAndQuery::from_maybe_shared(path).ok();
-        let Some(body) = request.take_body() else {
-            return self.fail(&span, UpstreamClass::Error, "no_body");
-        };
         let mut forward = http::Request::new(body);
         *forward.method_mut() = match http::Method::from_bytes(request.method().as_bytes()) {
             Ok(method) => method,
-            Err(_) => return Response::text(501, "method not forwarded\n"),
+            Err(_) => return Err(NotForwarded::Method),
         };
         *forward.uri_mut() = match http::Uri::from_parts(uri) {
             Ok(uri) => uri,
-            Err(_) => return Response::text(400, "request target not forwarded\n"),
+            Err(_) => return Err(NotForwarded::Target),
         };
         *forward.headers_mut() = fields;
-        let started = Instant::now();
-        let answer = timeout(self.timeout, self.pool.send(forward))
-            .instrument(span.clone())
-            .await;
+        Ok(forward)
+    }
+
+    /// The answer to the client, from what the upstream answered (by `started` + the
+    /// timeout, or not).
+    fn answered(
+        &self,
+        span: tracing::Span,
+        started: Instant,
+        answer: Result<Result<(http::Response<Incoming>, Lease), SendError>, Elapsed>,
+    ) -> Response {
         let (response, lease) = match answer {
             Err(_) => return self.fail(&span, UpstreamClass::Timeout, "timeout"),
             Ok(Err(e)) => {
@@ -192,7 +226,7 @@ impl Handler for Upstream {
         let body = Watched {
             inner: incoming,
             idle: self.timeout,
-            timer: sleep(self.timeout),
+            timer: None,
             started,
             metrics: self.metrics.clone(),
             span: Some(span),
@@ -212,15 +246,45 @@ impl Handler for Upstream {
     }
 }
 
+/// Why a request is answered by TCPie rather than forwarded.
+#[derive(Debug, Clone, Copy)]
+enum NotForwarded {
+    /// A protocol upgrade (WebSocket, `h2c`): a tunnel is not held under a permit.
+    Upgrade,
+    /// An authority-form or asterisk-form target.
+    TargetForm,
+    /// A method the HTTP library refuses.
+    Method,
+    /// A target the HTTP library refuses.
+    Target,
+}
+
+impl NotForwarded {
+    fn answer(self) -> Response {
+        match self {
+            NotForwarded::Upgrade => Response::text(
+                501,
+                "protocol upgrades (WebSocket, h2c) are not forwarded by TCPie\n",
+            ),
+            NotForwarded::TargetForm => {
+                Response::text(501, "only origin-form targets are forwarded\n")
+            }
+            NotForwarded::Method => Response::text(501, "method not forwarded\n"),
+            NotForwarded::Target => Response::text(400, "request target not forwarded\n"),
+        }
+    }
+}
+
 pin_project_lite::pin_project! {
     /// The upstream's response body on its way to the client: a piece must come within the
     /// upstream timeout (a stalled upstream would otherwise hold the permit), and the end,
     /// or the break, is counted. The upstream span ends with it.
     struct Watched {
-        inner: hyper::body::Incoming,
+        inner: Incoming,
         idle: Duration,
-        #[pin]
-        timer: Sleep,
+        // Made when a piece is first waited for: a body whose pieces are there when asked
+        // (most small answers) never makes a timer.
+        timer: Option<Pin<Box<Sleep>>>,
         started: Instant,
         metrics: UpstreamMetrics,
         span: Option<tracing::Span>,
@@ -242,11 +306,13 @@ impl Body for Watched {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, StreamError>>> {
-        let mut this = self.project();
+        let this = self.project();
         match Pin::new(&mut *this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                let next = Instant::now() + *this.idle;
-                this.timer.as_mut().reset(next);
+                // The next piece has its own while to come.
+                if let Some(timer) = this.timer {
+                    timer.as_mut().reset(Instant::now() + *this.idle);
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
@@ -263,13 +329,17 @@ impl Body for Watched {
                 }
                 Poll::Ready(None)
             }
-            Poll::Pending => match this.timer.poll(cx) {
-                Poll::Ready(()) => {
-                    broke(this.metrics, this.span, "body_timeout");
-                    Poll::Ready(Some(Err(Box::new(Stalled))))
+            Poll::Pending => {
+                let idle = *this.idle;
+                let timer = this.timer.get_or_insert_with(|| Box::pin(sleep(idle)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        broke(this.metrics, this.span, "body_timeout");
+                        Poll::Ready(Some(Err(Box::new(Stalled))))
+                    }
+                    Poll::Pending => Poll::Pending,
                 }
-                Poll::Pending => Poll::Pending,
-            },
+            }
         }
     }
 
