@@ -127,6 +127,47 @@ impl Lifecycle {
     }
 }
 
+/// A standing registration for phase changes, for a connection that waits again and
+/// again (a kept-alive one, between its requests): made at its first wait and kept, so
+/// that the connection does not join and leave a waiter list for every request.
+pub struct Watch<'a> {
+    lifecycle: &'a Lifecycle,
+    key: u64,
+    notified: Option<Pin<Box<Notified<'a>>>>,
+}
+
+impl<'a> Watch<'a> {
+    /// A watch in the waiter list `key` (a connection id) picks, registered when first
+    /// polled.
+    pub fn new(lifecycle: &'a Lifecycle, key: u64) -> Watch<'a> {
+        Watch {
+            lifecycle,
+            key,
+            notified: None,
+        }
+    }
+
+    /// Ready once `phase` is reached; until then, `cx` is woken by any change.
+    pub fn poll_reached(&mut self, phase: Phase, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            // Created before the phase is read, so that an advance in between is not
+            // missed (a Notified counts the notifications made after its creation).
+            let (lifecycle, key) = (self.lifecycle, self.key);
+            let notified = self
+                .notified
+                .get_or_insert_with(|| Box::pin(lifecycle.shard(key).notified()));
+            if lifecycle.reached(phase) {
+                return Poll::Ready(());
+            }
+            match notified.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                // Some other phase was reached: wait for the next change.
+                Poll::Ready(()) => self.notified = None,
+            }
+        }
+    }
+}
+
 pin_project_lite::pin_project! {
     /// What [`Lifecycle::within`] returns. A plain future rather than an `async fn`: it
     /// wraps the request path's every wait, and an `async fn` would move the wrapped

@@ -161,9 +161,30 @@ impl Conn {
         self.stream.poll_read_ready(cx).map(|_| ())
     }
 
+    /// Whether a kept-alive connection's next request has begun to arrive: `Ready(true)`
+    /// once bytes (or the close) are read, `Ready(false)` if the socket failed; `cx` is
+    /// woken when the socket becomes readable. The buffer is made only once bytes are
+    /// there.
+    pub fn poll_next_bytes(&mut self, cx: &mut Context<'_>, max_head: usize) -> Poll<bool> {
+        loop {
+            match self.stream.poll_read_ready(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(_)) => return Poll::Ready(false),
+                // A readiness that read nothing was cleared by the read: wait again.
+                Poll::Ready(Ok(())) => {
+                    if self.try_first_bytes(max_head) {
+                        return Poll::Ready(true);
+                    }
+                }
+            }
+        }
+    }
+
     /// Waits for the client's first bytes. Idle connections cost no buffer until then.
     pub async fn first_bytes(&mut self, max_head: usize) -> Result<(), ReadError> {
-        if self.stream.readable().await.is_err() {
+        // The socket's own reader slot, not `readable()`'s list of waiters (a lock to
+        // join it and one to leave): a kept-alive connection waits here for every request.
+        if poll_fn(|cx| self.stream.poll_read_ready(cx)).await.is_err() {
             return Err(ReadError::Closed);
         }
         self.buf.reserve(INITIAL_READ_BUFFER.min(max_head));

@@ -64,32 +64,41 @@ impl<'a> Connection<'a> {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Upgrade;
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
 /// The fields to forward of a request `head` from `peer`: the end-to-end ones as sent (but
 /// `Expect`, which TCPie answered itself, and the trace context when `own_trace` replaces
-/// it), then `X-Forwarded-For` with `peer` appended and `X-Forwarded-Proto: http`; or
-/// [`Upgrade`] when the request asks to switch protocols (an `Upgrade` field that its
-/// `Connection` field names).
+/// it), `Host: host` if it has none (an HTTP/1.0 request), then `X-Forwarded-For` with
+/// `peer` appended and `X-Forwarded-Proto: http`; or [`Upgrade`] when the request asks to
+/// switch protocols (an `Upgrade` field that its `Connection` field names).
 pub fn request_fields(
     head: &Bytes,
     peer: std::net::IpAddr,
     own_trace: bool,
+    host: &HeaderValue,
 ) -> Result<HeaderMap, Upgrade> {
     let mut connection = Connection::default();
-    let (mut count, mut upgrade) = (0, false);
+    let (mut count, mut upgrade, mut has_host) = (0, false, false);
     for (name, value) in fields(head) {
         count += 1;
         if name.eq_ignore_ascii_case(b"connection") {
             connection.add(value);
         } else if name.eq_ignore_ascii_case(b"upgrade") {
             upgrade = true;
+        } else if name.eq_ignore_ascii_case(b"host") {
+            has_host = true;
         }
     }
     if upgrade && connection.names(b"upgrade") {
         return Err(Upgrade);
     }
-    // Room for every field as sent and the two (or three, with a trace) TCPie adds: one
-    // allocation of the right size.
-    let mut out = HeaderMap::with_capacity(count + 3);
+    // Room for every field as sent and the few TCPie adds: one allocation of the right
+    // size.
+    let mut out = HeaderMap::with_capacity(count + 4);
+    if !has_host {
+        out.insert(http::header::HOST, host.clone());
+    }
     let mut forwarded_for: Option<BytesMut> = None;
     for (name, value) in fields(head) {
         if hop_by_hop(name)
@@ -128,12 +137,9 @@ pub fn request_fields(
     }
     write_ip(&mut list, peer);
     if let Ok(v) = HeaderValue::from_maybe_shared(list.freeze()) {
-        out.insert(HeaderName::from_static("x-forwarded-for"), v);
+        out.insert(X_FORWARDED_FOR, v);
     }
-    out.insert(
-        HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static("http"),
-    );
+    out.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     Ok(out)
 }
 
@@ -207,6 +213,30 @@ pub fn strip_response_fields(fields: &mut HeaderMap) {
 mod tests {
     use super::*;
 
+    const HOST: HeaderValue = HeaderValue::from_static("upstream:80");
+
+    #[test]
+    fn a_request_without_host_gets_the_upstreams() {
+        let head = b"GET / HTTP/1.0\r\nAccept: */*\r\n\r\n";
+        let out = request_fields(
+            &Bytes::from_static(head),
+            "::1".parse().unwrap(),
+            false,
+            &HOST,
+        )
+        .unwrap();
+        assert_eq!(out["host"], "upstream:80");
+        let head = b"GET / HTTP/1.0\r\nhost: app\r\n\r\n";
+        let out = request_fields(
+            &Bytes::from_static(head),
+            "::1".parse().unwrap(),
+            false,
+            &HOST,
+        )
+        .unwrap();
+        assert_eq!(out.get_all("host").iter().collect::<Vec<_>>(), ["app"]);
+    }
+
     #[test]
     fn hop_by_hop_fields_and_the_clients_framing_are_not_forwarded() {
         let head = b"POST /a HTTP/1.1\r\nHost: app.example\r\nConnection: keep-alive, X-Secret\r\n\
@@ -217,6 +247,7 @@ mod tests {
             &Bytes::from_static(head),
             "192.0.2.7".parse().unwrap(),
             false,
+            &HeaderValue::from_static("upstream:80"),
         )
         .unwrap();
         let names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
@@ -233,21 +264,33 @@ mod tests {
     fn forwarded_for_joins_every_line_then_the_peer() {
         let head =
             b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: a\r\nx-forwarded-for: b, c\r\n\r\n";
-        let out = request_fields(&Bytes::from_static(head), "::1".parse().unwrap(), false).unwrap();
+        let out = request_fields(
+            &Bytes::from_static(head),
+            "::1".parse().unwrap(),
+            false,
+            &HOST,
+        )
+        .unwrap();
         assert_eq!(out["x-forwarded-for"], "a, b, c, ::1");
         let head = b"GET / HTTP/1.1\r\nHost: h\r\ntraceparent: 00-1-2-01\r\n\r\n";
-        assert!(
-            request_fields(&Bytes::from_static(head), "::1".parse().unwrap(), true)
-                .unwrap()
-                .get("traceparent")
-                .is_none()
-        );
-        assert!(
-            request_fields(&Bytes::from_static(head), "::1".parse().unwrap(), false)
-                .unwrap()
-                .get("traceparent")
-                .is_some()
-        );
+        assert!(request_fields(
+            &Bytes::from_static(head),
+            "::1".parse().unwrap(),
+            true,
+            &HOST
+        )
+        .unwrap()
+        .get("traceparent")
+        .is_none());
+        assert!(request_fields(
+            &Bytes::from_static(head),
+            "::1".parse().unwrap(),
+            false,
+            &HOST
+        )
+        .unwrap()
+        .get("traceparent")
+        .is_some());
     }
 
     #[test]
@@ -293,7 +336,12 @@ mod tests {
     }
 
     fn asks_upgrade(head: &'static [u8]) -> bool {
-        request_fields(&Bytes::from_static(head), "::1".parse().unwrap(), false) == Err(Upgrade)
+        request_fields(
+            &Bytes::from_static(head),
+            "::1".parse().unwrap(),
+            false,
+            &HOST,
+        ) == Err(Upgrade)
     }
 
     #[test]

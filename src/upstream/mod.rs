@@ -42,6 +42,8 @@ use client::{Lease, Pool, SendError};
 pub(crate) struct Upstream {
     pool: std::sync::Arc<Pool>,
     authority: String,
+    /// `Host` for a request that has none (HTTP/1.0): the upstream's authority.
+    host_field: http::HeaderValue,
     host: String,
     port: u16,
     /// To the response head, and between pieces of the response body.
@@ -62,6 +64,8 @@ impl Upstream {
                 metrics.clone(),
             ),
             authority: target.authority.clone(),
+            host_field: http::HeaderValue::from_str(&target.authority)
+                .unwrap_or(http::HeaderValue::from_static("localhost")),
             host: target.host.clone(),
             port: target.port,
             timeout: Duration::from_millis(config.upstream_timeout_ms),
@@ -137,9 +141,12 @@ impl Upstream {
             None => return Err(NotForwarded::TargetForm),
         };
         let traced = !span.is_disabled();
-        let Ok(mut fields) =
-            headers::request_fields(request.head_bytes(), request.peer().ip(), traced)
-        else {
+        let Ok(mut fields) = headers::request_fields(
+            request.head_bytes(),
+            request.peer().ip(),
+            traced,
+            &self.host_field,
+        ) else {
             return Err(NotForwarded::Upgrade);
         };
         if traced {
@@ -150,11 +157,6 @@ impl Upstream {
             let context = span.context();
             if context.span().span_context().is_valid() {
                 TraceContextPropagator::new().inject_context(&context, &mut Fields(&mut fields));
-            }
-        }
-        if !fields.contains_key(http::header::HOST) {
-            if let Ok(host) = http::HeaderValue::from_str(&self.authority) {
-                fields.insert(http::header::HOST, host);
             }
         }
         let path = if path.len() == target.len() {
