@@ -166,16 +166,27 @@ impl Conn {
     /// woken when the socket becomes readable. The buffer is made only once bytes are
     /// there.
     pub fn poll_next_bytes(&mut self, cx: &mut Context<'_>, max_head: usize) -> Poll<bool> {
-        loop {
-            match self.stream.poll_read_ready(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(_)) => return Poll::Ready(false),
-                // A readiness that read nothing was cleared by the read: wait again.
-                Poll::Ready(Ok(())) => {
-                    if self.try_first_bytes(max_head) {
-                        return Poll::Ready(true);
-                    }
-                }
+        match self.stream.poll_read_ready(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Err(_)) => return Poll::Ready(false),
+            Poll::Ready(Ok(())) => {}
+        }
+        self.buf.reserve(INITIAL_READ_BUFFER.min(max_head));
+        let space = self.buf.capacity() - self.buf.len();
+        // A read that leaves the socket drained also clears its readiness (a non-blocking
+        // `try_read` would not), so the next wait does not begin with a read that finds
+        // nothing: one system call a request.
+        match pin!(self.stream.read_buf(&mut self.buf)).poll(cx) {
+            Poll::Ready(Ok(n)) => {
+                self.drained = n < space;
+                Poll::Ready(true)
+            }
+            // The close, or an error, is for the head's read to find.
+            Poll::Ready(Err(_)) => Poll::Ready(true),
+            // The readiness was stale; the read registered for the next.
+            Poll::Pending => {
+                self.buf = BytesMut::new();
+                Poll::Pending
             }
         }
     }
