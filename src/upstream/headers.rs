@@ -78,36 +78,30 @@ pub fn request_fields(
     own_trace: bool,
     host: &HeaderValue,
 ) -> Result<HeaderMap, Upgrade> {
+    // A field a line, so the line ends bound the fields: the map is allocated once, with
+    // room for the few TCPie adds.
+    let lines = head.iter().filter(|b| **b == b'\n').count();
+    let mut out = HeaderMap::with_capacity(lines + 3);
     let mut connection = Connection::default();
-    let (mut count, mut upgrade, mut has_host) = (0, false, false);
+    let mut upgrade = false;
+    let mut forwarded_for: Option<BytesMut> = None;
+    // One pass. The fields a `Connection` field names are known only at its end: they
+    // are taken out after it (most requests name none but `keep-alive`).
     for (name, value) in fields(head) {
-        count += 1;
         if name.eq_ignore_ascii_case(b"connection") {
             connection.add(value);
-        } else if name.eq_ignore_ascii_case(b"upgrade") {
-            upgrade = true;
-        } else if name.eq_ignore_ascii_case(b"host") {
-            has_host = true;
+            continue;
         }
-    }
-    if upgrade && connection.names(b"upgrade") {
-        return Err(Upgrade);
-    }
-    // Room for every field as sent and the few TCPie adds: one allocation of the right
-    // size.
-    let mut out = HeaderMap::with_capacity(count + 4);
-    if !has_host {
-        out.insert(http::header::HOST, host.clone());
-    }
-    let mut forwarded_for: Option<BytesMut> = None;
-    for (name, value) in fields(head) {
+        if name.eq_ignore_ascii_case(b"upgrade") {
+            upgrade = true;
+            continue;
+        }
         if hop_by_hop(name)
             || name.eq_ignore_ascii_case(b"expect")
             || name.eq_ignore_ascii_case(b"x-forwarded-proto")
             || (own_trace
                 && (name.eq_ignore_ascii_case(b"traceparent")
                     || name.eq_ignore_ascii_case(b"tracestate")))
-            || (connection.first.is_some() && connection.names(name))
         {
             continue;
         }
@@ -130,6 +124,22 @@ pub fn request_fields(
         ) {
             out.append(n, v);
         }
+    }
+    if upgrade && connection.names(b"upgrade") {
+        return Err(Upgrade);
+    }
+    for token in connection.tokens() {
+        if token.eq_ignore_ascii_case(b"keep-alive") || token.eq_ignore_ascii_case(b"close") {
+            continue;
+        }
+        if token.eq_ignore_ascii_case(b"x-forwarded-for") {
+            forwarded_for = None;
+        } else if let Ok(name) = HeaderName::from_bytes(token) {
+            out.remove(name);
+        }
+    }
+    if !out.contains_key(http::header::HOST) {
+        out.insert(http::header::HOST, host.clone());
     }
     let mut list = forwarded_for.unwrap_or_else(|| BytesMut::with_capacity(40));
     if !list.is_empty() {
@@ -176,32 +186,31 @@ fn write_ip(out: &mut BytesMut, ip: std::net::IpAddr) {
 /// [`crate::http::full_head`]).
 pub fn strip_response_fields(fields: &mut HeaderMap) {
     use http::header::{CONNECTION, TE, UPGRADE};
-    // One look at each name; most answers carry none of these but `Connection:
+    // One look at each field; most answers carry none of these but `Connection:
     // keep-alive`, which names nothing to remove.
     let mut present: Vec<HeaderName> = Vec::new();
-    for name in fields.keys() {
-        if name == TE
+    for (name, value) in fields.iter() {
+        if name == CONNECTION {
+            for token in value.as_bytes().split(|b| *b == b',') {
+                let token = token.trim_ascii();
+                if token.is_empty()
+                    || token.eq_ignore_ascii_case(b"close")
+                    || token.eq_ignore_ascii_case(b"keep-alive")
+                {
+                    continue;
+                }
+                if let Ok(named) = HeaderName::from_bytes(token) {
+                    if named != CONNECTION {
+                        present.push(named);
+                    }
+                }
+            }
+        } else if name == TE
             || name == UPGRADE
             || name.as_str() == "keep-alive"
             || name.as_str() == "proxy-connection"
         {
             present.push(name.clone());
-        }
-    }
-    for value in fields.get_all(CONNECTION) {
-        for token in value.as_bytes().split(|b| *b == b',') {
-            let token = token.trim_ascii();
-            if token.is_empty()
-                || token.eq_ignore_ascii_case(b"close")
-                || token.eq_ignore_ascii_case(b"keep-alive")
-            {
-                continue;
-            }
-            if let Ok(name) = HeaderName::from_bytes(token) {
-                if name != CONNECTION {
-                    present.push(name);
-                }
-            }
         }
     }
     for name in present {
