@@ -251,6 +251,65 @@ async fn one_client_spread_over_pods_gets_its_limit_once() {
     );
 }
 
+/// A client a pod serves often is decided in the pod, from tokens it leased ahead of need,
+/// and its fleet-wide limit still holds: what a pod leases was taken from the shared
+/// bucket when leased.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_served_often_is_decided_in_the_pod_and_still_held_to_its_limit() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let redis = Redis::start().await;
+    let fleet = pods(
+        &redis,
+        3,
+        &[
+            ("TCPIE_BURST", "0"),
+            ("TCPIE_CLIENT_KEY", "header:X-Api-Key"),
+            ("TCPIE_CLIENT_RATE_PER_SECOND", "400"),
+            ("TCPIE_CLIENT_BURST", "400"),
+        ],
+    );
+    wait_mode(&fleet, "shared", 3).await;
+    let addrs: Vec<SocketAddr> = fleet.iter().map(|p| p.tcp).collect();
+    let calls = |p| async move { metric(p, "tcpie_redis_calls_total{call=\"client\"}").await };
+    let mut before = 0.0;
+    for pod in &fleet {
+        before += calls(pod).await;
+    }
+    // Flooded over its limit on three pods: never more than its own burst and rate.
+    let (tally, t) = flood(&addrs, 2, Duration::from_secs(2), Some("hot")).await;
+    let allowed = 400.0 + 400.0 * t.as_secs_f64();
+    let ok = tally.ok() as f64;
+    // Leases lapse unspent at the end (at most an eighth of the burst a pod).
+    assert!(
+        ok <= allowed + 1.0 && ok >= allowed - 3.0 * 50.0,
+        "one client admitted {ok} times over 3 pods in {t:?}; its own limit is {allowed:.0} \
+         ({tally:?})"
+    );
+    // A client under its limit: most of its requests never reach Redis.
+    let mut asked_before = 0.0;
+    for pod in &fleet {
+        asked_before += calls(pod).await;
+    }
+    let request_calm = b"GET / HTTP/1.1\r\nHost: t\r\nX-Api-Key: calm\r\nConnection: close\r\n\r\n";
+    let sent = 300;
+    for _ in 0..sent {
+        // About 700 a second for under half a second: within its burst of 400.
+        let reply = request(addrs[0], request_calm).await.unwrap();
+        assert_eq!(reply.status, 200);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let mut asked = 0.0;
+    for pod in &fleet {
+        asked += calls(pod).await;
+    }
+    assert!(
+        (asked - asked_before) * 8.0 < f64::from(sent),
+        "{} Redis calls for {sent} requests of a client under its limit",
+        asked - asked_before
+    );
+    assert!(before <= asked_before);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_paused_killed_and_restarted_the_pods_fall_back_and_return() {
     let _serial = ONE_AT_A_TIME.lock().await;
@@ -395,22 +454,30 @@ async fn the_scripts_are_the_reference_arithmetic() {
                 .unwrap();
             assert_eq!(stored, tat, "lease case {case} step {step}");
 
-            let one = grant(&mut client_tat, now, interval, tolerance, 0, 1);
-            let got: Vec<i64> = take
-                .key(format!("client{case}"))
+            // A client's take: one token, or a lease of several (absent: one).
+            let some = 1 + next(burst as u64 / 2 + 1);
+            let one = grant(&mut client_tat, now, interval, tolerance, 0, some);
+            let mut invocation = take.key(format!("client{case}"));
+            invocation
                 .arg(interval)
                 .arg(tolerance)
-                .arg(format!("{now:.0}"))
-                .invoke_async(&mut con)
-                .await
-                .unwrap();
-            assert_eq!(
-                got[0] == 1,
-                one.granted == 1,
-                "take case {case} step {step}"
-            );
-            if one.granted == 1 {
+                .arg(format!("{now:.0}"));
+            if some > 1 || step % 2 == 0 {
+                invocation.arg(some);
+            }
+            let got: Vec<i64> = invocation.invoke_async(&mut con).await.unwrap();
+            assert_eq!(got[0] as u64, one.granted, "take case {case} step {step}");
+            if one.granted >= 1 {
                 assert_eq!(got[1] as u64, one.remaining, "take case {case} step {step}");
+            }
+            let stored: f64 = redis::cmd("GET")
+                .arg(format!("client{case}"))
+                .query_async::<Option<String>>(&mut con)
+                .await
+                .unwrap()
+                .map_or(0.0, |v| v.parse().unwrap());
+            if one.granted >= 1 {
+                assert_eq!(stored, client_tat, "take case {case} step {step}");
             }
         }
     }

@@ -100,7 +100,7 @@ variables! {
     TCPIE_CLIENT_BURST => client_burst: u32 = 5;
         expect "a whole number from 1 to 1000000000";
         valid |c| (1..=1_000_000_000).contains(&c.client_burst);
-    /// Most clients tracked at once (about 46 bytes each, allocated at start when
+    /// Most clients tracked at once (about 54 bytes each, allocated at start when
     /// `TCPIE_CLIENT_KEY` is not `none`).
     TCPIE_CLIENT_TABLE_SIZE => client_table_size: usize = 100_000;
         expect "a whole number from 1 to 10000000";

@@ -7,10 +7,10 @@
 //! one pair in 3 × 10^9 with a full table of 100,000).
 //!
 //! What a client costs: its hash and its bucket's TAT (the same GCRA arithmetic as the
-//! global bucket, [`super::gcra::Gcra`]), 16 bytes, its two neighbours in a
-//! least-recently-seen list, 8 bytes, plus 2 to 4 buckets of 8 bytes in the index: 40 to 56 bytes (45 at the
-//! default size, measured by `tests/client_table_memory.rs`). Both are allocated once at
-//! start and never grow.
+//! global bucket, [`super::gcra::Gcra`]), 16 bytes, the tokens its pod holds of it in a
+//! fleet, 8 bytes, its two neighbours in a least-recently-seen list, 8 bytes, plus 2 to 4
+//! buckets of 8 bytes in the index: 48 to 64 bytes (54 at the default size, measured by
+//! `tests/client_table_memory.rs`). Both are allocated once at start and never grow.
 //!
 //! Dropping a client whose bucket is full again loses nothing: a client not in the table
 //! starts with a full bucket, the very state it had. So the table makes room by dropping
@@ -103,6 +103,39 @@ struct Slot {
     id: ClientId,
     /// Its bucket's theoretical arrival time, ns since the table's origin.
     tat: u64,
+    /// With a fleet: the tokens of the client's shared bucket this pod holds.
+    lease: Lease,
+}
+
+/// Tokens of a client's bucket in the fleet that one pod took ahead of need (see
+/// [`ClientTable::fleet_local`]). They were taken from the shared bucket when leased, so
+/// spending them here admits nothing the fleet's bucket did not grant; unspent, they
+/// lapse, and the client loses them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Lease {
+    /// Tokens still held.
+    left: u16,
+    /// How many the last lease asked for.
+    size: u16,
+    /// When it was granted, ms since the table's origin (wrapping).
+    at_ms: u32,
+}
+
+/// How long a client's lease may be spent.
+const LEASE_LIFE_MS: u32 = 100;
+/// A lease spent within this is too small: the next asks twice as much.
+const LEASE_FAST_MS: u32 = 25;
+
+/// What the pod can tell of a fleet client's request without asking Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Local {
+    /// A token of the pod's lease: admitted; the bucket's state as last told, with the
+    /// lease's tokens counted in.
+    Leased { remaining: u32, full_in: Duration },
+    /// Refused recently, and still so until its wait is over.
+    Refused(Refused),
+    /// Redis decides: ask for this many tokens (one for this request, the rest to hold).
+    Ask { want: u32 },
 }
 
 /// A client's neighbours in the least-recently-seen list (towards the most recent, and
@@ -294,10 +327,18 @@ impl Shard {
         let i = if self.free != NIL {
             let i = self.free;
             self.free = self.links[i as usize].older;
-            self.slots[i as usize] = Slot { id, tat };
+            self.slots[i as usize] = Slot {
+                id,
+                tat,
+                lease: Lease::default(),
+            };
             i
         } else {
-            self.slots.push(Slot { id, tat });
+            self.slots.push(Slot {
+                id,
+                tat,
+                lease: Lease::default(),
+            });
             self.links.push(UNLINKED);
             (self.slots.len() - 1) as u32
         };
@@ -417,20 +458,6 @@ impl ClientTable {
         Ok(Some(taken(next)))
     }
 
-    /// Whether client `id`'s bucket refuses now, without taking anything: in fleet mode,
-    /// the table mirrors what Redis last said, and a client it refused stays refused here
-    /// until its `Retry-After`.
-    pub fn refusal(&self, id: ClientId, now: Instant) -> Option<Refused> {
-        let taken = self.peek(id, now);
-        self.gcra
-            .take(taken.tat, taken.now_ns)
-            .err()
-            .map(|wait| Refused {
-                wait,
-                full_in: taken.full_in(),
-            })
-    }
-
     /// Sets client `id`'s bucket to what Redis said: its TAT `ahead` of now (inserted if
     /// the client is new here).
     pub fn mirror(&self, id: ClientId, now: Instant, ahead: Duration) {
@@ -444,6 +471,104 @@ impl ClientTable {
         }
         let dropped = shard.make_room(now_ns);
         shard.insert(id, tat);
+        drop(shard);
+        self.count(dropped);
+    }
+
+    /// What this pod can decide of a fleet client's request by itself, under one look at
+    /// the client: a token of its lease (a client this pod serves often), a refusal it
+    /// remembers (as Envoy's over-limit cache does), or what to ask Redis for. A lease
+    /// grows by doubling while each is spent within 25 ms, up to `most` tokens, and
+    /// shrinks by half when one lapses unspent: a client seen once asks for one token, as
+    /// without leases.
+    pub fn fleet_local(&self, id: ClientId, now: Instant, most: u32) -> Local {
+        let now_ns = nanos_since(self.origin, now);
+        let now_ms = (now_ns / 1_000_000) as u32;
+        let mut shard = self.shard(id);
+        let Some((_, i)) = shard.index.find(id, &shard.slots) else {
+            return Local::Ask { want: 1 };
+        };
+        shard.touch(i);
+        let slot = &mut shard.slots[i as usize];
+        let age = now_ms.wrapping_sub(slot.lease.at_ms);
+        let lease = &mut slot.lease;
+        if lease.left > 0 && age < LEASE_LIFE_MS {
+            lease.left -= 1;
+            let state = Taken {
+                tat: slot.tat,
+                now_ns,
+            };
+            let remaining = state.remaining(&self.gcra) + u32::from(lease.left);
+            return Local::Leased {
+                remaining,
+                full_in: state.full_in(),
+            };
+        }
+        if let Err(wait) = self.gcra.take(slot.tat, now_ns) {
+            return Local::Refused(Refused {
+                wait,
+                full_in: Gcra::full_in(slot.tat, now_ns),
+            });
+        }
+        let last = u32::from(lease.size.max(1));
+        let want = if lease.left > 0 {
+            // Lapsed unspent: too large for this client here.
+            last / 2
+        } else if age < LEASE_FAST_MS {
+            last * 2
+        } else {
+            last
+        };
+        Local::Ask {
+            want: want.clamp(1, most.clamp(1, u32::from(u16::MAX))),
+        }
+    }
+
+    /// Gives back a token of client `id`'s lease that [`ClientTable::fleet_local`] took for
+    /// a request another limit then refused.
+    pub fn unspend_leased(&self, id: ClientId) {
+        let mut shard = self.shard(id);
+        if let Some((_, i)) = shard.index.find(id, &shard.slots) {
+            let lease = &mut shard.slots[i as usize].lease;
+            lease.left = lease.left.saturating_add(1);
+        }
+    }
+
+    /// Records what the fleet's bucket granted client `id` after it asked for `want`:
+    /// `granted` tokens (one spent by the request that asked), and its TAT `ahead` of now.
+    pub fn leased(&self, id: ClientId, now: Instant, want: u32, granted: u32, ahead: Duration) {
+        let now_ns = nanos_since(self.origin, now);
+        let tat = now_ns.saturating_add(u64::try_from(ahead.as_nanos()).unwrap_or(u64::MAX));
+        let lease = Lease {
+            left: u16::try_from(granted.saturating_sub(1)).unwrap_or(u16::MAX),
+            size: u16::try_from(want).unwrap_or(u16::MAX),
+            at_ms: (now_ns / 1_000_000) as u32,
+        };
+        let mut shard = self.shard(id);
+        if let Some((_, i)) = shard.index.find(id, &shard.slots) {
+            shard.touch(i);
+            let slot = &mut shard.slots[i as usize];
+            slot.tat = tat;
+            // Another request of the client asked at the same time: its tokens are the
+            // client's too, and are kept with these.
+            let held = slot.lease;
+            let fresh = lease.at_ms.wrapping_sub(held.at_ms) < LEASE_LIFE_MS;
+            slot.lease = if fresh && held.left > 0 {
+                Lease {
+                    left: held.left.saturating_add(lease.left),
+                    size: held.size.max(lease.size),
+                    at_ms: lease.at_ms,
+                }
+            } else {
+                lease
+            };
+            return;
+        }
+        let dropped = shard.make_room(now_ns);
+        shard.insert(id, tat);
+        if let Some((_, i)) = shard.index.find(id, &shard.slots) {
+            shard.slots[i as usize].lease = lease;
+        }
         drop(shard);
         self.count(dropped);
     }
@@ -510,6 +635,108 @@ mod tests {
 
     fn admit(t: &ClientTable, id: ClientId) -> bool {
         matches!(t.take(id, Instant::now(), || true), Ok(Some(_)))
+    }
+
+    /// A fleet client served often by one pod: leases that double while they go fast,
+    /// spent without asking, lapsing after 100 ms and then halved; a refusal remembered.
+    #[tokio::test]
+    async fn a_fleet_clients_leases_grow_lapse_and_shrink() {
+        pause();
+        let t = table(1000.0, 800, 100);
+        let most = 100;
+        // Unknown here: one token, as without leases.
+        assert_eq!(
+            t.fleet_local(7, Instant::now(), most),
+            Local::Ask { want: 1 }
+        );
+        t.leased(7, Instant::now(), 1, 1, Duration::from_millis(1));
+        // Spent at once: the next asks for twice as many, then spends the extra ones here.
+        let mut asked = Vec::new();
+        for _ in 0..7 {
+            let Local::Ask { want } = t.fleet_local(7, Instant::now(), most) else {
+                panic!("no lease left, no refusal: Redis is asked");
+            };
+            asked.push(want);
+            t.leased(7, Instant::now(), want, want, Duration::from_millis(1));
+            for _ in 1..want {
+                assert!(matches!(
+                    t.fleet_local(7, Instant::now(), most),
+                    Local::Leased { .. }
+                ));
+            }
+        }
+        assert_eq!(asked, [2, 4, 8, 16, 32, 64, 100]);
+        // Granted fewer than asked (the shared bucket ran low): only those are held.
+        assert!(matches!(
+            t.fleet_local(7, Instant::now(), most),
+            Local::Ask { want: 100 }
+        ));
+        t.leased(7, Instant::now(), 100, 3, Duration::from_millis(1));
+        assert!(matches!(
+            t.fleet_local(7, Instant::now(), most),
+            Local::Leased { .. }
+        ));
+        assert!(matches!(
+            t.fleet_local(7, Instant::now(), most),
+            Local::Leased { .. }
+        ));
+        assert!(matches!(
+            t.fleet_local(7, Instant::now(), most),
+            Local::Ask { .. }
+        ));
+        // A lease left unspent lapses after 100 ms, and the next is half as large.
+        t.leased(7, Instant::now(), 100, 100, Duration::from_millis(1));
+        advance(Duration::from_millis(99)).await;
+        assert!(matches!(
+            t.fleet_local(7, Instant::now(), most),
+            Local::Leased { .. }
+        ));
+        advance(Duration::from_millis(1)).await;
+        assert_eq!(
+            t.fleet_local(7, Instant::now(), most),
+            Local::Ask { want: 50 }
+        );
+        // Two requests asked at once: both leases are held.
+        t.leased(7, Instant::now(), 4, 4, Duration::from_millis(1));
+        t.leased(7, Instant::now(), 4, 4, Duration::from_millis(1));
+        let spent = (0..10)
+            .take_while(|_| matches!(t.fleet_local(7, Instant::now(), most), Local::Leased { .. }))
+            .count();
+        assert_eq!(spent, 6);
+        // A token taken for a request another limit refused goes back to the lease.
+        t.leased(7, Instant::now(), 2, 2, Duration::from_millis(1));
+        assert!(matches!(
+            t.fleet_local(7, Instant::now(), most),
+            Local::Leased { .. }
+        ));
+        t.unspend_leased(7);
+        assert!(matches!(
+            t.fleet_local(7, Instant::now(), most),
+            Local::Leased { .. }
+        ));
+        // Spent slowly: the same size again.
+        advance(Duration::from_millis(30)).await;
+        assert_eq!(
+            t.fleet_local(7, Instant::now(), most),
+            Local::Ask { want: 2 }
+        );
+        // Refused by Redis: refused here until the wait is over, without asking.
+        t.mirror(7, Instant::now(), Duration::from_millis(1300));
+        let Local::Refused(refused) = t.fleet_local(7, Instant::now(), most) else {
+            panic!("a refusal is remembered");
+        };
+        // Its TAT 1300 ms ahead, 800 ms of tolerance, a token a millisecond.
+        assert_eq!(refused.wait, Duration::from_millis(501));
+        advance(Duration::from_millis(500)).await;
+        assert!(matches!(
+            t.fleet_local(7, Instant::now(), most),
+            Local::Refused(_)
+        ));
+        advance(Duration::from_millis(1)).await;
+        assert!(matches!(
+            t.fleet_local(7, Instant::now(), most),
+            Local::Ask { .. }
+        ));
     }
 
     #[tokio::test]

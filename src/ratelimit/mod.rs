@@ -29,6 +29,7 @@ use tokio::time::Instant;
 
 use crate::config::{ClientKey, Config};
 use crate::handler::Request;
+use client_table::Local;
 use client_table::{ClientId, ClientTable};
 use fleet::lease::{SharedBucket, Taken as Leased};
 use fleet::{ClientAnswer, Fleet};
@@ -226,11 +227,23 @@ impl RateLimits {
         let said = |refused, quota| Said { refused, quota };
         let shared = fleet.shared();
         let clients = self.clients.as_ref().zip(client);
+        // The client first, as without a fleet: a token of this pod's lease, a refusal
+        // remembered, or a call to make after the global bucket agrees.
+        let mut ask = None;
         if let Some((clients, id)) = clients {
-            if let Some(refused) = clients.table.refusal(id, now) {
-                let gcra = fleet.client_gcra();
-                let quota = quota(Limit::Client, gcra, 0, refused.full_in);
-                return said(Some((Limit::Client, refused.wait)), Some(quota));
+            match clients
+                .table
+                .fleet_local(id, now, fleet.client_lease_most())
+            {
+                Local::Refused(refused) => {
+                    let gcra = fleet.client_gcra();
+                    let quota = quota(Limit::Client, gcra, 0, refused.full_in);
+                    return said(Some((Limit::Client, refused.wait)), Some(quota));
+                }
+                Local::Leased { remaining, full_in } => {
+                    ask = Some(Err((remaining, full_in)));
+                }
+                Local::Ask { want } => ask = Some(Ok(want)),
             }
         }
         let global_quota = |bucket: &SharedBucket| {
@@ -262,6 +275,10 @@ impl RateLimits {
                     }
                     Err(wait) => {
                         fleet.ran_out();
+                        // A client pays only for what it is served: its leased token back.
+                        if let (Some((clients, id)), Some(Err(_))) = (clients, ask) {
+                            clients.table.unspend_leased(id);
+                        }
                         return said(Some((Limit::Global, wait)), Some(global_quota(bucket)));
                     }
                 }
@@ -277,15 +294,35 @@ impl RateLimits {
             }
         };
         let gcra = fleet.client_gcra();
+        let want = match ask {
+            // Spent from the lease: the client's bucket is not asked.
+            Some(Err((remaining, full_in))) => {
+                if !self.headers {
+                    return said(None, None);
+                }
+                let client_quota = quota(Limit::Client, gcra, remaining, full_in);
+                return match admitted_global() {
+                    Some(g) if g.remaining < client_quota.remaining => said(None, Some(g)),
+                    _ => said(None, Some(client_quota)),
+                };
+            }
+            Some(Ok(want)) => want,
+            None => 1,
+        };
         let answer = if shared {
-            fleet.take_client(id).await.ok()
+            fleet.take_client(id, want).await.ok()
         } else {
             None
         };
         let client_quota = match answer {
-            Some(ClientAnswer::Admitted { remaining, full_in }) => {
-                clients.table.mirror(id, now, full_in);
-                quota(Limit::Client, gcra, remaining, full_in)
+            Some(ClientAnswer::Admitted {
+                granted,
+                remaining,
+                full_in,
+            }) => {
+                clients.table.leased(id, now, want, granted, full_in);
+                let held = granted.saturating_sub(1);
+                quota(Limit::Client, gcra, remaining + held, full_in)
             }
             Some(ClientAnswer::Refused { wait }) => {
                 // Refused here, with no call, until the wait is over.

@@ -9,8 +9,13 @@
 //!   up before it runs out, gives back what it no longer needs, and registers the pod
 //!   (so the fleet's size is known).
 //! - A client's bucket costs at most one call per request (concurrent calls share one
-//!   multiplexed connection, so they are pipelined), none for a client refused recently:
-//!   the local table remembers until when, as Envoy's over-limit cache does.
+//!   multiplexed connection, so they are pipelined), none for a client refused recently
+//!   (the local table remembers until when, as Envoy's over-limit cache does), and none
+//!   for most requests of a client the pod serves often: each call leases that client a
+//!   few tokens ahead of need (doubling while they go fast, at most an eighth of its
+//!   burst), spent in the pod and lapsing after 100 ms. They were taken from the shared
+//!   bucket when leased, so a client is never admitted beyond its fleet-wide limit; what
+//!   lapses unspent it loses.
 //!
 //! When Redis fails or is slower than `TCPIE_REDIS_TIMEOUT_MS`, the pod falls back to
 //! its fair share of each limit (divided by the live pods) and the refresher keeps
@@ -97,8 +102,16 @@ struct Keys {
 /// What the fleet's bucket said of one client's request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ClientAnswer {
-    Admitted { remaining: u32, full_in: Duration },
-    Refused { wait: Duration },
+    /// `granted` tokens (at least one, at most what was asked); `remaining` left in the
+    /// bucket after them.
+    Admitted {
+        granted: u32,
+        remaining: u32,
+        full_in: Duration,
+    },
+    Refused {
+        wait: Duration,
+    },
 }
 
 /// Redis did not answer in time, or answered with an error.
@@ -284,12 +297,24 @@ impl Fleet {
         u64::from_le_bytes(bytes[..8].try_into().unwrap_or_default())
     }
 
-    /// One token from client `id`'s bucket in Redis, within the timeout.
-    pub async fn take_client(&self, id: ClientId) -> Result<ClientAnswer, Unreachable> {
+    /// The most tokens of one client's bucket a pod leases at once: an eighth of its
+    /// burst, so that the pods a client spreads over do not hold its whole burst between
+    /// them.
+    pub fn client_lease_most(&self) -> u32 {
+        (self.client_burst / 8).max(1)
+    }
+
+    /// Up to `want` tokens (at least one, or a refusal) from client `id`'s bucket in
+    /// Redis, within the timeout.
+    pub async fn take_client(&self, id: ClientId, want: u32) -> Result<ClientAnswer, Unreachable> {
         let key = format!("{}{{{id:016x}}}", self.keys.client);
         let (interval, tolerance) = micros(&self.client_gcra);
         let mut invocation = self.take_script.key(key);
-        invocation.arg(interval).arg(tolerance).arg("");
+        invocation
+            .arg(interval)
+            .arg(tolerance)
+            .arg("")
+            .arg(want.max(1));
         let mut con = self.redis.clone();
         let reply: Vec<i64> = self
             .call(
@@ -299,7 +324,8 @@ impl Fleet {
             )
             .await?;
         match reply.as_slice() {
-            [1, remaining, full_in_us, ..] => Ok(ClientAnswer::Admitted {
+            [granted, remaining, full_in_us, ..] if *granted >= 1 => Ok(ClientAnswer::Admitted {
+                granted: u32::try_from(*granted).unwrap_or(1).min(want.max(1)),
                 remaining: u32::try_from(*remaining).unwrap_or(0),
                 full_in: Duration::from_micros(u64::try_from(*full_in_us).unwrap_or(0)),
             }),
