@@ -310,6 +310,34 @@ async fn a_client_served_often_is_decided_in_the_pod_and_still_held_to_its_limit
     assert!(before <= asked_before);
 }
 
+/// Many requests of one client at once, under its limit: one lease is asked for at a time
+/// (the others ask for their own token), so they do not lease its whole bucket between
+/// them and refuse it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_of_a_client_under_its_limit_are_never_refused() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let redis = Redis::start().await;
+    let fleet = pods(
+        &redis,
+        1,
+        &[
+            ("TCPIE_BURST", "0"),
+            ("TCPIE_CLIENT_KEY", "header:X-Api-Key"),
+            ("TCPIE_CLIENT_RATE_PER_SECOND", "50000"),
+            ("TCPIE_CLIENT_BURST", "2000"),
+        ],
+    );
+    wait_mode(&fleet, "shared", 1).await;
+    let (tally, t) = flood(&[fleet[0].tcp], 48, Duration::from_secs(1), Some("busy")).await;
+    let rate = tally.ok() as f64 / t.as_secs_f64();
+    assert!(
+        rate < 50_000.0,
+        "{rate:.0} requests a second is over the limit itself"
+    );
+    assert_eq!(tally.refused.load(Ordering::Relaxed), 0, "{tally:?}");
+    assert_eq!(tally.other.load(Ordering::Relaxed), 0, "{tally:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_paused_killed_and_restarted_the_pods_fall_back_and_return() {
     let _serial = ONE_AT_A_TIME.lock().await;

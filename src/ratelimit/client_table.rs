@@ -115,11 +115,18 @@ struct Slot {
 struct Lease {
     /// Tokens still held.
     left: u16,
-    /// How many the last lease asked for.
-    size: u16,
-    /// When it was granted, ms since the table's origin (wrapping).
+    /// The last lease asked for 2^`size_log2` tokens (or the most allowed, if fewer).
+    size_log2: u8,
+    /// A lease is being asked for: a request of the client that comes meanwhile asks for
+    /// its own token only, so that concurrent requests do not each lease a batch.
+    asking: bool,
+    /// When the lease was granted (or asked for, while `asking`), ms since the table's
+    /// origin (wrapping).
     at_ms: u32,
 }
+
+/// The largest lease, whatever the burst: 2^15 tokens.
+const LEASE_MOST_LOG2: u8 = 15;
 
 /// How long a client's lease may be spent.
 const LEASE_LIFE_MS: u32 = 100;
@@ -323,7 +330,7 @@ impl Shard {
         Some(Dropped::Evicted)
     }
 
-    fn insert(&mut self, id: ClientId, tat: u64) {
+    fn insert(&mut self, id: ClientId, tat: u64) -> u32 {
         let i = if self.free != NIL {
             let i = self.free;
             self.free = self.links[i as usize].older;
@@ -345,6 +352,7 @@ impl Shard {
         self.index.insert(id, i);
         self.len += 1;
         self.push_newest(i);
+        i
     }
 }
 
@@ -510,18 +518,29 @@ impl ClientTable {
                 full_in: Gcra::full_in(slot.tat, now_ns),
             });
         }
-        let last = u32::from(lease.size.max(1));
-        let want = if lease.left > 0 {
+        if lease.asking && age < LEASE_LIFE_MS {
+            // Another request's lease is on its way: this one asks for its own token.
+            return Local::Ask { want: 1 };
+        }
+        let last = lease.size_log2;
+        let size_log2 = if lease.left > 0 {
             // Lapsed unspent: too large for this client here.
-            last / 2
+            last.saturating_sub(1)
         } else if age < LEASE_FAST_MS {
-            last * 2
+            (last + 1).min(LEASE_MOST_LOG2)
         } else {
             last
         };
-        Local::Ask {
-            want: want.clamp(1, most.clamp(1, u32::from(u16::MAX))),
+        let want = (1u32 << size_log2).min(most.max(1));
+        if want > 1 {
+            *lease = Lease {
+                left: 0,
+                size_log2,
+                asking: true,
+                at_ms: now_ms,
+            };
         }
+        Local::Ask { want }
     }
 
     /// Gives back a token of client `id`'s lease that [`ClientTable::fleet_local`] took for
@@ -539,35 +558,49 @@ impl ClientTable {
     pub fn leased(&self, id: ClientId, now: Instant, want: u32, granted: u32, ahead: Duration) {
         let now_ns = nanos_since(self.origin, now);
         let tat = now_ns.saturating_add(u64::try_from(ahead.as_nanos()).unwrap_or(u64::MAX));
-        let lease = Lease {
-            left: u16::try_from(granted.saturating_sub(1)).unwrap_or(u16::MAX),
-            size: u16::try_from(want).unwrap_or(u16::MAX),
-            at_ms: (now_ns / 1_000_000) as u32,
-        };
+        let now_ms = (now_ns / 1_000_000) as u32;
+        let held = u16::try_from(granted.saturating_sub(1)).unwrap_or(u16::MAX);
         let mut shard = self.shard(id);
-        if let Some((_, i)) = shard.index.find(id, &shard.slots) {
-            shard.touch(i);
-            let slot = &mut shard.slots[i as usize];
-            slot.tat = tat;
-            // Another request of the client asked at the same time: its tokens are the
-            // client's too, and are kept with these.
-            let held = slot.lease;
-            let fresh = lease.at_ms.wrapping_sub(held.at_ms) < LEASE_LIFE_MS;
-            slot.lease = if fresh && held.left > 0 {
-                Lease {
-                    left: held.left.saturating_add(lease.left),
-                    size: held.size.max(lease.size),
-                    at_ms: lease.at_ms,
-                }
+        let mut dropped = None;
+        let i = match shard.index.find(id, &shard.slots) {
+            Some((_, i)) => {
+                shard.touch(i);
+                i
+            }
+            None => {
+                dropped = shard.make_room(now_ns);
+                shard.insert(id, tat)
+            }
+        };
+        let slot = &mut shard.slots[i as usize];
+        slot.tat = tat;
+        let lease = &mut slot.lease;
+        let fresh = now_ms.wrapping_sub(lease.at_ms) < LEASE_LIFE_MS;
+        if want > 1 {
+            // The lease this client's request asked for: held, with what is left of one
+            // granted meanwhile.
+            let kept = if fresh && !lease.asking {
+                lease.left
             } else {
-                lease
+                0
             };
-            return;
-        }
-        let dropped = shard.make_room(now_ns);
-        shard.insert(id, tat);
-        if let Some((_, i)) = shard.index.find(id, &shard.slots) {
-            shard.slots[i as usize].lease = lease;
+            *lease = Lease {
+                left: kept.saturating_add(held),
+                size_log2: lease.size_log2,
+                asking: false,
+                at_ms: now_ms,
+            };
+        } else if fresh {
+            // A single token, for a request that came while a lease was asked for (or of a
+            // client seen once): nothing to hold, and the lease's state stays.
+            lease.left = lease.left.saturating_add(held);
+        } else {
+            *lease = Lease {
+                left: held,
+                size_log2: 0,
+                asking: false,
+                at_ms: now_ms,
+            };
         }
         drop(shard);
         self.count(dropped);
@@ -638,25 +671,56 @@ mod tests {
     }
 
     /// A fleet client served often by one pod: leases that double while they go fast,
-    /// spent without asking, lapsing after 100 ms and then halved; a refusal remembered.
+    /// spent without asking, one asked for at a time, lapsing after 100 ms and then
+    /// halved; a refusal remembered.
     #[tokio::test]
     async fn a_fleet_clients_leases_grow_lapse_and_shrink() {
         pause();
         let t = table(1000.0, 800, 100);
         let most = 100;
+        let ask = |t: &ClientTable| match t.fleet_local(7, Instant::now(), most) {
+            Local::Ask { want } => want,
+            other => panic!("no lease left, no refusal: Redis is asked ({other:?})"),
+        };
+        let leased = |t: &ClientTable| {
+            matches!(t.fleet_local(7, Instant::now(), most), Local::Leased { .. })
+        };
         // Unknown here: one token, as without leases.
-        assert_eq!(
-            t.fleet_local(7, Instant::now(), most),
-            Local::Ask { want: 1 }
-        );
+        assert_eq!(ask(&t), 1);
         t.leased(7, Instant::now(), 1, 1, Duration::from_millis(1));
         // Spent at once: the next asks for twice as many, then spends the extra ones here.
         let mut asked = Vec::new();
-        for _ in 0..7 {
-            let Local::Ask { want } = t.fleet_local(7, Instant::now(), most) else {
-                panic!("no lease left, no refusal: Redis is asked");
-            };
+        for _ in 0..8 {
+            let want = ask(&t);
             asked.push(want);
+            t.leased(7, Instant::now(), want, want, Duration::from_millis(1));
+            for _ in 1..want {
+                assert!(leased(&t));
+            }
+        }
+        assert_eq!(asked, [2, 4, 8, 16, 32, 64, 100, 100]);
+        // Granted fewer than asked (the shared bucket ran low): only those are held.
+        let want = ask(&t);
+        t.leased(7, Instant::now(), want, 3, Duration::from_millis(1));
+        assert!(leased(&t) && leased(&t));
+        // While one lease is asked for, a request that comes meanwhile asks for its own
+        // token only; both answers count, whichever comes first.
+        let want = ask(&t);
+        assert_eq!(want, 100);
+        assert_eq!(ask(&t), 1);
+        t.leased(7, Instant::now(), 1, 1, Duration::from_millis(1));
+        t.leased(7, Instant::now(), want, 10, Duration::from_millis(1));
+        assert_eq!((0..20).take_while(|_| leased(&t)).count(), 9);
+        // A lease left unspent lapses after 100 ms, and the next asks for half as many.
+        let t = table(1000.0, 8000, 100);
+        let most = 1000;
+        let ask = |t: &ClientTable| match t.fleet_local(7, Instant::now(), most) {
+            Local::Ask { want } => want,
+            other => panic!("{other:?}"),
+        };
+        t.leased(7, Instant::now(), 1, 1, Duration::from_millis(1));
+        for _ in 0..6 {
+            let want = ask(&t);
             t.leased(7, Instant::now(), want, want, Duration::from_millis(1));
             for _ in 1..want {
                 assert!(matches!(
@@ -665,46 +729,18 @@ mod tests {
                 ));
             }
         }
-        assert_eq!(asked, [2, 4, 8, 16, 32, 64, 100]);
-        // Granted fewer than asked (the shared bucket ran low): only those are held.
-        assert!(matches!(
-            t.fleet_local(7, Instant::now(), most),
-            Local::Ask { want: 100 }
-        ));
-        t.leased(7, Instant::now(), 100, 3, Duration::from_millis(1));
-        assert!(matches!(
-            t.fleet_local(7, Instant::now(), most),
-            Local::Leased { .. }
-        ));
-        assert!(matches!(
-            t.fleet_local(7, Instant::now(), most),
-            Local::Leased { .. }
-        ));
-        assert!(matches!(
-            t.fleet_local(7, Instant::now(), most),
-            Local::Ask { .. }
-        ));
-        // A lease left unspent lapses after 100 ms, and the next is half as large.
-        t.leased(7, Instant::now(), 100, 100, Duration::from_millis(1));
+        let want = ask(&t);
+        assert_eq!(want, 128);
+        t.leased(7, Instant::now(), want, want, Duration::from_millis(1));
         advance(Duration::from_millis(99)).await;
         assert!(matches!(
             t.fleet_local(7, Instant::now(), most),
             Local::Leased { .. }
         ));
         advance(Duration::from_millis(1)).await;
-        assert_eq!(
-            t.fleet_local(7, Instant::now(), most),
-            Local::Ask { want: 50 }
-        );
-        // Two requests asked at once: both leases are held.
-        t.leased(7, Instant::now(), 4, 4, Duration::from_millis(1));
-        t.leased(7, Instant::now(), 4, 4, Duration::from_millis(1));
-        let spent = (0..10)
-            .take_while(|_| matches!(t.fleet_local(7, Instant::now(), most), Local::Leased { .. }))
-            .count();
-        assert_eq!(spent, 6);
+        assert_eq!(ask(&t), 64);
         // A token taken for a request another limit refused goes back to the lease.
-        t.leased(7, Instant::now(), 2, 2, Duration::from_millis(1));
+        t.leased(7, Instant::now(), 64, 2, Duration::from_millis(1));
         assert!(matches!(
             t.fleet_local(7, Instant::now(), most),
             Local::Leased { .. }
@@ -716,18 +752,23 @@ mod tests {
         ));
         // Spent slowly: the same size again.
         advance(Duration::from_millis(30)).await;
-        assert_eq!(
-            t.fleet_local(7, Instant::now(), most),
-            Local::Ask { want: 2 }
-        );
-        // Refused by Redis: refused here until the wait is over, without asking.
-        t.mirror(7, Instant::now(), Duration::from_millis(1300));
+        assert_eq!(ask(&t), 64);
+        t.leased(7, Instant::now(), 64, 64, Duration::from_millis(1));
+        // Refused by Redis: refused here until the wait is over, without asking (the
+        // lease this pod holds is spent first).
+        t.mirror(7, Instant::now(), Duration::from_millis(8300));
+        for _ in 1..64 {
+            assert!(matches!(
+                t.fleet_local(7, Instant::now(), most),
+                Local::Leased { .. }
+            ));
+        }
         let Local::Refused(refused) = t.fleet_local(7, Instant::now(), most) else {
             panic!("a refusal is remembered");
         };
-        // Its TAT 1300 ms ahead, 800 ms of tolerance, a token a millisecond.
-        assert_eq!(refused.wait, Duration::from_millis(501));
-        advance(Duration::from_millis(500)).await;
+        // Its TAT 8300 ms ahead, 8000 ms of tolerance, a token a millisecond.
+        assert_eq!(refused.wait, Duration::from_millis(301));
+        advance(Duration::from_millis(300)).await;
         assert!(matches!(
             t.fleet_local(7, Instant::now(), most),
             Local::Refused(_)
