@@ -137,8 +137,13 @@ const LEASE_FAST_MS: u32 = 25;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Local {
     /// A token of the pod's lease: admitted; the bucket's state as last told, with the
-    /// lease's tokens counted in.
-    Leased { remaining: u32, full_in: Duration },
+    /// lease's tokens counted in. With `refill`, the lease fell to a quarter: ask for
+    /// that many more, without making this request wait.
+    Leased {
+        remaining: u32,
+        full_in: Duration,
+        refill: Option<u32>,
+    },
     /// Refused recently, and still so until its wait is over.
     Refused(Refused),
     /// Redis decides: ask for this many tokens (one for this request, the rest to hold).
@@ -502,6 +507,17 @@ impl ClientTable {
         let lease = &mut slot.lease;
         if lease.left > 0 && age < LEASE_LIFE_MS {
             lease.left -= 1;
+            // At a quarter left, the next lease is asked for ahead of need (as the global
+            // bucket's is), so the client's requests go on being decided here meanwhile.
+            let size = (1u32 << lease.size_log2).min(most.max(1));
+            let refill =
+                (size >= 8 && !lease.asking && u32::from(lease.left) == size / 4).then(|| {
+                    if age < LEASE_FAST_MS * 3 / 4 {
+                        lease.size_log2 = (lease.size_log2 + 1).min(LEASE_MOST_LOG2);
+                    }
+                    lease.asking = true;
+                    (1u32 << lease.size_log2).min(most.max(1))
+                });
             let state = Taken {
                 tat: slot.tat,
                 now_ns,
@@ -510,6 +526,7 @@ impl ClientTable {
             return Local::Leased {
                 remaining,
                 full_in: state.full_in(),
+                refill,
             };
         }
         if let Err(wait) = self.gcra.take(slot.tat, now_ns) {
@@ -543,6 +560,14 @@ impl ClientTable {
         Local::Ask { want }
     }
 
+    /// A lease asked for did not come (Redis refused or failed): the next request asks.
+    pub fn lease_failed(&self, id: ClientId) {
+        let mut shard = self.shard(id);
+        if let Some((_, i)) = shard.index.find(id, &shard.slots) {
+            shard.slots[i as usize].lease.asking = false;
+        }
+    }
+
     /// Gives back a token of client `id`'s lease that [`ClientTable::fleet_local`] took for
     /// a request another limit then refused.
     pub fn unspend_leased(&self, id: ClientId) {
@@ -553,13 +578,14 @@ impl ClientTable {
         }
     }
 
-    /// Records what the fleet's bucket granted client `id` after it asked for `want`:
-    /// `granted` tokens (one spent by the request that asked), and its TAT `ahead` of now.
-    pub fn leased(&self, id: ClientId, now: Instant, want: u32, granted: u32, ahead: Duration) {
+    /// Records what the fleet's bucket granted client `id` after it asked for `want`: `held`
+    /// tokens to keep (what was granted, less the one a request that asked spent), and
+    /// its TAT `ahead` of now.
+    pub fn leased(&self, id: ClientId, now: Instant, want: u32, held: u32, ahead: Duration) {
         let now_ns = nanos_since(self.origin, now);
         let tat = now_ns.saturating_add(u64::try_from(ahead.as_nanos()).unwrap_or(u64::MAX));
         let now_ms = (now_ns / 1_000_000) as u32;
-        let held = u16::try_from(granted.saturating_sub(1)).unwrap_or(u16::MAX);
+        let held = u16::try_from(held).unwrap_or(u16::MAX);
         let mut shard = self.shard(id);
         let mut dropped = None;
         let i = match shard.index.find(id, &shard.slots) {
@@ -579,11 +605,7 @@ impl ClientTable {
         if want > 1 {
             // The lease this client's request asked for: held, with what is left of one
             // granted meanwhile.
-            let kept = if fresh && !lease.asking {
-                lease.left
-            } else {
-                0
-            };
+            let kept = if fresh { lease.left } else { 0 };
             *lease = Lease {
                 left: kept.saturating_add(held),
                 size_log2: lease.size_log2,
@@ -671,113 +693,113 @@ mod tests {
     }
 
     /// A fleet client served often by one pod: leases that double while they go fast,
-    /// spent without asking, one asked for at a time, lapsing after 100 ms and then
-    /// halved; a refusal remembered.
+    /// spent without asking, the next asked for at a quarter left, one at a time, lapsing
+    /// after 100 ms and then halved; a refusal remembered.
     #[tokio::test]
     async fn a_fleet_clients_leases_grow_lapse_and_shrink() {
         pause();
-        let t = table(1000.0, 800, 100);
+        let t = table(1000.0, 8000, 100);
         let most = 100;
-        let ask = |t: &ClientTable| match t.fleet_local(7, Instant::now(), most) {
-            Local::Ask { want } => want,
-            other => panic!("no lease left, no refusal: Redis is asked ({other:?})"),
-        };
-        let leased = |t: &ClientTable| {
-            matches!(t.fleet_local(7, Instant::now(), most), Local::Leased { .. })
-        };
-        // Unknown here: one token, as without leases.
-        assert_eq!(ask(&t), 1);
-        t.leased(7, Instant::now(), 1, 1, Duration::from_millis(1));
-        // Spent at once: the next asks for twice as many, then spends the extra ones here.
-        let mut asked = Vec::new();
-        for _ in 0..8 {
-            let want = ask(&t);
-            asked.push(want);
-            t.leased(7, Instant::now(), want, want, Duration::from_millis(1));
-            for _ in 1..want {
-                assert!(leased(&t));
+        let now = Instant::now;
+        // `n` requests of client 7, each answered at once by Redis with all it asks.
+        let serve = |t: &ClientTable, n: usize, asked: &mut Vec<u32>| {
+            for _ in 0..n {
+                match t.fleet_local(7, now(), most) {
+                    Local::Ask { want } => {
+                        asked.push(want);
+                        t.leased(7, now(), want, want - 1, Duration::from_millis(1));
+                    }
+                    Local::Leased {
+                        refill: Some(want), ..
+                    } => {
+                        asked.push(want);
+                        t.leased(7, now(), want, want, Duration::from_millis(1));
+                    }
+                    Local::Leased { refill: None, .. } => {}
+                    Local::Refused(r) => panic!("refused: {r:?}"),
+                }
             }
-        }
-        assert_eq!(asked, [2, 4, 8, 16, 32, 64, 100, 100]);
-        // Granted fewer than asked (the shared bucket ran low): only those are held.
-        let want = ask(&t);
-        t.leased(7, Instant::now(), want, 3, Duration::from_millis(1));
-        assert!(leased(&t) && leased(&t));
-        // While one lease is asked for, a request that comes meanwhile asks for its own
-        // token only; both answers count, whichever comes first.
-        let want = ask(&t);
-        assert_eq!(want, 100);
-        assert_eq!(ask(&t), 1);
-        t.leased(7, Instant::now(), 1, 1, Duration::from_millis(1));
-        t.leased(7, Instant::now(), want, 10, Duration::from_millis(1));
-        assert_eq!((0..20).take_while(|_| leased(&t)).count(), 9);
+        };
+        // Unknown here: one token, as without leases; then twice as many each time while
+        // they go fast, up to the most; from 8 on, the next asked for at a quarter left,
+        // so no request asks again.
+        let mut asked = Vec::new();
+        serve(&t, 600, &mut asked);
+        assert_eq!(&asked[..8], [1, 2, 4, 8, 16, 32, 64, 100]);
+        assert!(asked[8..].iter().all(|w| *w == 100), "{asked:?}");
+        assert!(
+            asked.len() <= 7 + 600 / 100,
+            "{} calls for 600 requests",
+            asked.len()
+        );
+        // While a lease is asked for, a request that finds none left asks for its own
+        // token only; what both bring is held.
+        let t = table(1000.0, 8000, 100);
+        t.leased(7, now(), 1, 0, Duration::from_millis(1));
+        let Local::Ask { want } = t.fleet_local(7, now(), most) else {
+            panic!("asks");
+        };
+        assert_eq!(want, 2);
+        assert_eq!(t.fleet_local(7, now(), most), Local::Ask { want: 1 });
+        t.leased(7, now(), 1, 0, Duration::from_millis(1));
+        t.leased(7, now(), want, 9, Duration::from_millis(1));
+        let spent = (0..20)
+            .take_while(|_| matches!(t.fleet_local(7, now(), most), Local::Leased { .. }))
+            .count();
+        assert_eq!(spent, 9);
         // A lease left unspent lapses after 100 ms, and the next asks for half as many.
         let t = table(1000.0, 8000, 100);
         let most = 1000;
-        let ask = |t: &ClientTable| match t.fleet_local(7, Instant::now(), most) {
-            Local::Ask { want } => want,
-            other => panic!("{other:?}"),
-        };
-        t.leased(7, Instant::now(), 1, 1, Duration::from_millis(1));
-        for _ in 0..6 {
-            let want = ask(&t);
-            t.leased(7, Instant::now(), want, want, Duration::from_millis(1));
-            for _ in 1..want {
-                assert!(matches!(
-                    t.fleet_local(7, Instant::now(), most),
-                    Local::Leased { .. }
-                ));
-            }
+        let mut asked = Vec::new();
+        t.leased(7, now(), 1, 0, Duration::from_millis(1));
+        for _ in 0..4 {
+            let Local::Ask { want } = t.fleet_local(7, now(), most) else {
+                panic!("asks");
+            };
+            asked.push(want);
+            t.leased(7, now(), want, want - 1, Duration::from_millis(1));
+            advance(Duration::from_millis(101)).await;
         }
-        let want = ask(&t);
-        assert_eq!(want, 128);
-        t.leased(7, Instant::now(), want, want, Duration::from_millis(1));
-        advance(Duration::from_millis(99)).await;
-        assert!(matches!(
-            t.fleet_local(7, Instant::now(), most),
-            Local::Leased { .. }
-        ));
-        advance(Duration::from_millis(1)).await;
-        assert_eq!(ask(&t), 64);
+        // Lapsed unspent: half as many; then nothing held, asked again slowly: the same.
+        assert_eq!(asked, [2, 1, 1, 1]);
         // A token taken for a request another limit refused goes back to the lease.
-        t.leased(7, Instant::now(), 64, 2, Duration::from_millis(1));
+        t.leased(7, now(), 4, 1, Duration::from_millis(1));
         assert!(matches!(
-            t.fleet_local(7, Instant::now(), most),
+            t.fleet_local(7, now(), most),
             Local::Leased { .. }
         ));
         t.unspend_leased(7);
         assert!(matches!(
-            t.fleet_local(7, Instant::now(), most),
+            t.fleet_local(7, now(), most),
             Local::Leased { .. }
         ));
-        // Spent slowly: the same size again.
+        // A lease Redis did not give: the next request asks again at once.
         advance(Duration::from_millis(30)).await;
-        assert_eq!(ask(&t), 64);
-        t.leased(7, Instant::now(), 64, 64, Duration::from_millis(1));
+        let Local::Ask { want } = t.fleet_local(7, now(), most) else {
+            panic!("asks");
+        };
+        assert!(want >= 1);
+        t.lease_failed(7);
+        assert!(matches!(t.fleet_local(7, now(), most), Local::Ask { .. }));
         // Refused by Redis: refused here until the wait is over, without asking (the
         // lease this pod holds is spent first).
-        t.mirror(7, Instant::now(), Duration::from_millis(8300));
-        for _ in 1..64 {
+        t.leased(7, now(), 4, 3, Duration::from_millis(1));
+        t.mirror(7, now(), Duration::from_millis(8300));
+        for _ in 0..3 {
             assert!(matches!(
-                t.fleet_local(7, Instant::now(), most),
+                t.fleet_local(7, now(), most),
                 Local::Leased { .. }
             ));
         }
-        let Local::Refused(refused) = t.fleet_local(7, Instant::now(), most) else {
+        let Local::Refused(refused) = t.fleet_local(7, now(), most) else {
             panic!("a refusal is remembered");
         };
         // Its TAT 8300 ms ahead, 8000 ms of tolerance, a token a millisecond.
         assert_eq!(refused.wait, Duration::from_millis(301));
         advance(Duration::from_millis(300)).await;
-        assert!(matches!(
-            t.fleet_local(7, Instant::now(), most),
-            Local::Refused(_)
-        ));
+        assert!(matches!(t.fleet_local(7, now(), most), Local::Refused(_)));
         advance(Duration::from_millis(1)).await;
-        assert!(matches!(
-            t.fleet_local(7, Instant::now(), most),
-            Local::Ask { .. }
-        ));
+        assert!(matches!(t.fleet_local(7, now(), most), Local::Ask { .. }));
     }
 
     #[tokio::test]

@@ -56,7 +56,8 @@ pub(crate) struct RateLimits {
 struct Clients {
     key: ClientKey,
     trusted_hops: u32,
-    table: ClientTable,
+    /// Shared with the fleet's lease refills, which outlive the request that starts them.
+    table: Arc<ClientTable>,
 }
 
 /// What the rate limits said of one request.
@@ -81,14 +82,14 @@ impl RateLimits {
         let clients = (config.client_key != ClientKey::None).then(|| Clients {
             key: config.client_key.clone(),
             trusted_hops: config.trusted_hops,
-            table: ClientTable::new(
+            table: Arc::new(ClientTable::new(
                 config.client_rate_per_second,
                 config.client_burst,
                 config.client_table_size,
                 now,
                 refilled,
                 evicted,
-            ),
+            )),
         });
         RateLimits {
             bucket: (config.rate_limited() && fleet.is_none())
@@ -223,7 +224,12 @@ impl RateLimits {
     /// then a token of the global lease (no call); then one call for the client's token,
     /// and the global token goes back if the client's bucket refuses. While Redis is out
     /// of reach, each bucket is the pod's fair share of it.
-    async fn check_fleet(&self, fleet: &Fleet, now: Instant, client: Option<ClientId>) -> Said {
+    async fn check_fleet(
+        &self,
+        fleet: &Arc<Fleet>,
+        now: Instant,
+        client: Option<ClientId>,
+    ) -> Said {
         let said = |refused, quota| Said { refused, quota };
         let shared = fleet.shared();
         let clients = self.clients.as_ref().zip(client);
@@ -240,7 +246,14 @@ impl RateLimits {
                     let quota = quota(Limit::Client, gcra, 0, refused.full_in);
                     return said(Some((Limit::Client, refused.wait)), Some(quota));
                 }
-                Local::Leased { remaining, full_in } => {
+                Local::Leased {
+                    remaining,
+                    full_in,
+                    refill,
+                } => {
+                    if let Some(want) = refill {
+                        refill_client_lease(fleet, &clients.table, id, want);
+                    }
                     ask = Some(Err((remaining, full_in)));
                 }
                 Local::Ask { want } => ask = Some(Ok(want)),
@@ -320,7 +333,9 @@ impl RateLimits {
                 remaining,
                 full_in,
             }) => {
-                clients.table.leased(id, now, want, granted, full_in);
+                clients
+                    .table
+                    .leased(id, now, want, granted.saturating_sub(1), full_in);
                 let held = granted.saturating_sub(1);
                 quota(Limit::Client, gcra, remaining + held, full_in)
             }
@@ -361,6 +376,20 @@ impl RateLimits {
             _ => said(None, Some(client_quota)),
         }
     }
+}
+
+/// Asks the fleet for `want` more of client `id`'s tokens in the background: no request
+/// waits for it, and what comes is added to the pod's lease.
+fn refill_client_lease(fleet: &Arc<Fleet>, table: &Arc<ClientTable>, id: ClientId, want: u32) {
+    let (fleet, table) = (fleet.clone(), table.clone());
+    tokio::spawn(async move {
+        match fleet.take_client(id, want).await {
+            Ok(ClientAnswer::Admitted {
+                granted, full_in, ..
+            }) => table.leased(id, Instant::now(), want, granted, full_in),
+            Ok(ClientAnswer::Refused { .. }) | Err(_) => table.lease_failed(id),
+        }
+    });
 }
 
 fn quota(limit: Limit, gcra: &Gcra, remaining: u32, full_in: Duration) -> Quota {
