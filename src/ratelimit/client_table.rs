@@ -131,7 +131,7 @@ const LEASE_MOST_LOG2: u8 = 15;
 /// How long a client's lease may be spent.
 const LEASE_LIFE_MS: u32 = 100;
 /// A lease spent within this is too small: the next asks twice as much.
-const LEASE_FAST_MS: u32 = 25;
+const LEASE_FAST_MS: u32 = 50;
 
 /// What the pod can tell of a fleet client's request without asking Redis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -491,7 +491,7 @@ impl ClientTable {
     /// What this pod can decide of a fleet client's request by itself, under one look at
     /// the client: a token of its lease (a client this pod serves often), a refusal it
     /// remembers (as Envoy's over-limit cache does), or what to ask Redis for. A lease
-    /// grows by doubling while each is spent within 25 ms, up to `most` tokens, and
+    /// grows by doubling while each is spent within half its life (50 ms), up to `most` tokens, and
     /// shrinks by half when one lapses unspent: a client seen once asks for one token, as
     /// without leases.
     pub fn fleet_local(&self, id: ClientId, now: Instant, most: u32) -> Local {
