@@ -137,7 +137,7 @@ const LEASE_FAST_MS: u32 = 50;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Local {
     /// A token of the pod's lease: admitted; the bucket's state as last told, with the
-    /// lease's tokens counted in. With `refill`, the lease fell to a quarter: ask for
+    /// lease's tokens counted in. With `refill`, the lease fell to half: ask for
     /// that many more, without making this request wait.
     Leased {
         remaining: u32,
@@ -507,12 +507,12 @@ impl ClientTable {
         let lease = &mut slot.lease;
         if lease.left > 0 && age < LEASE_LIFE_MS {
             lease.left -= 1;
-            // At a quarter left, the next lease is asked for ahead of need (as the global
+            // At half left, the next lease is asked for ahead of need (as the global
             // bucket's is), so the client's requests go on being decided here meanwhile.
             let size = (1u32 << lease.size_log2).min(most.max(1));
             let refill =
-                (size >= 8 && !lease.asking && u32::from(lease.left) == size / 4).then(|| {
-                    if age < LEASE_FAST_MS * 3 / 4 {
+                (size >= 8 && !lease.asking && u32::from(lease.left) == size / 2).then(|| {
+                    if age < LEASE_FAST_MS / 2 {
                         lease.size_log2 = (lease.size_log2 + 1).min(LEASE_MOST_LOG2);
                     }
                     lease.asking = true;
@@ -693,7 +693,7 @@ mod tests {
     }
 
     /// A fleet client served often by one pod: leases that double while they go fast,
-    /// spent without asking, the next asked for at a quarter left, one at a time, lapsing
+    /// spent without asking, the next asked for at half left, one at a time, lapsing
     /// after 100 ms and then halved; a refusal remembered.
     #[tokio::test]
     async fn a_fleet_clients_leases_grow_lapse_and_shrink() {
@@ -721,7 +721,7 @@ mod tests {
             }
         };
         // Unknown here: one token, as without leases; then twice as many each time while
-        // they go fast, up to the most; from 8 on, the next asked for at a quarter left,
+        // they go fast, up to the most; from 8 on, the next asked for at half left,
         // so no request asks again.
         let mut asked = Vec::new();
         serve(&t, 600, &mut asked);

@@ -13,7 +13,7 @@
 //!   (the local table remembers until when, as Envoy's over-limit cache does), and none
 //!   for most requests of a client the pod serves often: each call leases that client a
 //!   few tokens ahead of need (doubling while they go fast, at most an eighth of its
-//!   burst; the next asked for in the background at a quarter left), spent in the pod
+//!   burst; the next asked for in the background at half left), spent in the pod
 //!   and lapsing after 100 ms. They were taken from the shared
 //!   bucket when leased, so a client is never admitted beyond its fleet-wide limit; what
 //!   lapses unspent it loses.
