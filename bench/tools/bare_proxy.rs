@@ -27,7 +27,6 @@ async fn main() -> std::io::Result<()> {
     let backend: u16 = args.next().and_then(|p| p.parse().ok()).unwrap_or(8081);
     let kind = args.next().unwrap_or_default();
     let hyper = kind != "raw";
-    let inline = kind == "hyper-inline";
     let backend = SocketAddr::from(([127, 0, 0, 1], backend));
     let mut loops = Vec::new();
     for _ in 0..2 {
@@ -42,9 +41,7 @@ async fn main() -> std::io::Result<()> {
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                if inline {
-                    tokio::spawn(through_hyper_inline(stream, backend));
-                } else if hyper {
+                if hyper {
                     tokio::spawn(through_hyper(stream, backend));
                 } else {
                     tokio::spawn(raw(stream, backend));
@@ -175,77 +172,6 @@ async fn raw(mut client: TcpStream, backend: SocketAddr) {
                 }
             };
             if client.write_all(&answer[..whole]).await.is_err() {
-                return;
-            }
-            buf.copy_within(end..len, 0);
-            len -= end;
-        }
-        if len == buf.len() {
-            return;
-        }
-        match client.read(&mut buf[len..]).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => len += n,
-        }
-    }
-}
-
-async fn through_hyper_inline(mut client: TcpStream, backend: SocketAddr) {
-    let Ok(upstream) = TcpStream::connect(backend).await else {
-        return;
-    };
-    let _ = upstream.set_nodelay(true);
-    let Ok((mut sender, connection)) = http1::handshake(TokioIo::new(upstream)).await else {
-        return;
-    };
-    let mut connection = std::pin::pin!(connection);
-    let mut buf = vec![0u8; 4096];
-    let mut len = 0;
-    let mut out = Vec::with_capacity(512);
-    loop {
-        while let Some(end) = head_end(&buf[..len]) {
-            let mut headers = [httparse::EMPTY_HEADER; 32];
-            let mut parsed = httparse::Request::new(&mut headers);
-            if parsed.parse(&buf[..end]).is_err() {
-                return;
-            }
-            let mut request = http::Request::builder()
-                .method(parsed.method.unwrap_or("GET"))
-                .uri(parsed.path.unwrap_or("/"));
-            for h in parsed.headers.iter() {
-                request = request.header(h.name, h.value);
-            }
-            let Ok(request) = request.body(Empty::<Bytes>::new()) else {
-                return;
-            };
-            let exchange = async {
-                sender.ready().await.ok()?;
-                let response = sender.send_request(request).await.ok()?;
-                let (parts, body) = response.into_parts();
-                let body = body.collect().await.ok()?.to_bytes();
-                Some((parts, body))
-            };
-            let answered = tokio::select! {
-                biased;
-                answered = exchange => answered,
-                _ = &mut connection => None,
-            };
-            let Some((parts, body)) = answered else {
-                return;
-            };
-            out.clear();
-            out.extend_from_slice(b"HTTP/1.1 ");
-            out.extend_from_slice(parts.status.as_str().as_bytes());
-            out.extend_from_slice(b" OK\r\n");
-            for (name, value) in &parts.headers {
-                out.extend_from_slice(name.as_str().as_bytes());
-                out.extend_from_slice(b": ");
-                out.extend_from_slice(value.as_bytes());
-                out.extend_from_slice(b"\r\n");
-            }
-            out.extend_from_slice(b"\r\n");
-            out.extend_from_slice(&body);
-            if client.write_all(&out).await.is_err() {
                 return;
             }
             buf.copy_within(end..len, 0);
