@@ -568,17 +568,7 @@ impl Streaming<'_> {
                 return Poll::Ready(Ok(()));
             }
             let mut slices = [IoSlice::new(&[]); MAX_PARTS];
-            let mut n = 0;
-            let mut skip = self.written;
-            for part in parts {
-                if skip >= part.len() {
-                    skip -= part.len();
-                    continue;
-                }
-                slices[n] = IoSlice::new(&part[skip..]);
-                skip = 0;
-                n += 1;
-            }
+            let n = unwritten(&parts, self.written, &mut slices);
             match Pin::new(&mut *self.stream).poll_write_vectored(cx, &slices[..n]) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                     return Poll::Ready(Err(Truncated::Write))
@@ -704,22 +694,28 @@ impl ChunkSize {
 /// size line, its data, its end, and the last chunk.
 const MAX_PARTS: usize = 7;
 
+/// Fills `slices` with what of `parts` is left after `written` bytes; how many it filled.
+fn unwritten<'a>(parts: &[&'a [u8]], written: usize, slices: &mut [IoSlice<'a>]) -> usize {
+    let mut n = 0;
+    let mut skip = written;
+    for part in parts {
+        if skip >= part.len() {
+            skip -= part.len();
+            continue;
+        }
+        slices[n] = IoSlice::new(&part[skip..]);
+        skip = 0;
+        n += 1;
+    }
+    n
+}
+
 async fn write_parts(stream: &mut TcpStream, parts: &[&[u8]]) -> std::io::Result<()> {
     let total: usize = parts.iter().map(|p| p.len()).sum();
     let mut written = 0;
     while written < total {
         let mut slices = [IoSlice::new(&[]); MAX_PARTS];
-        let mut n = 0;
-        let mut skip = written;
-        for part in parts {
-            if skip >= part.len() {
-                skip -= part.len();
-                continue;
-            }
-            slices[n] = IoSlice::new(&part[skip..]);
-            skip = 0;
-            n += 1;
-        }
+        let n = unwritten(parts, written, &mut slices);
         match stream.write_vectored(&slices[..n]).await? {
             0 => return Err(std::io::ErrorKind::WriteZero.into()),
             w => written += w,
