@@ -311,8 +311,8 @@ async fn a_client_served_often_is_decided_in_the_pod_and_still_held_to_its_limit
 }
 
 /// Many requests of one client at once, under its limit: one lease is asked for at a time
-/// (the others ask for their own token), so they do not lease its whole bucket between
-/// them and refuse it.
+/// and the others wait for it, so they neither lease its whole bucket between them and
+/// refuse it, nor each make a call of their own while it is on its way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_of_a_client_under_its_limit_are_never_refused() {
     let _serial = ONE_AT_A_TIME.lock().await;
@@ -328,6 +328,8 @@ async fn concurrent_requests_of_a_client_under_its_limit_are_never_refused() {
         ],
     );
     wait_mode(&fleet, "shared", 1).await;
+    let calls = "tcpie_redis_calls_total{call=\"client\"}";
+    let before = metric(&fleet[0], calls).await;
     let (tally, t) = flood(&[fleet[0].tcp], 48, Duration::from_secs(1), Some("busy")).await;
     let rate = tally.ok() as f64 / t.as_secs_f64();
     assert!(
@@ -336,6 +338,15 @@ async fn concurrent_requests_of_a_client_under_its_limit_are_never_refused() {
     );
     assert_eq!(tally.refused.load(Ordering::Relaxed), 0, "{tally:?}");
     assert_eq!(tally.other.load(Ordering::Relaxed), 0, "{tally:?}");
+    // Leases of up to 250 tokens (an eighth of the burst), the next asked for at half
+    // left: about one call per 125 requests once grown, and a call per doubling before.
+    let asked = metric(&fleet[0], calls).await - before;
+    let most = 20.0 + tally.ok() as f64 / 75.0;
+    assert!(
+        asked <= most,
+        "{asked} Redis calls for {} requests of one client (at most {most:.0})",
+        tally.ok()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -117,8 +117,9 @@ struct Lease {
     left: u16,
     /// The last lease asked for 2^`size_log2` tokens (or the most allowed, if fewer).
     size_log2: u8,
-    /// A lease is being asked for: a request of the client that comes meanwhile asks for
-    /// its own token only, so that concurrent requests do not each lease a batch.
+    /// A lease is being asked for: a request of the client that finds none left meanwhile
+    /// waits for it, so that concurrent requests neither each lease a batch nor each
+    /// make a call.
     asking: bool,
     /// When the lease was granted (or asked for, while `asking`), ms since the table's
     /// origin (wrapping).
@@ -147,7 +148,12 @@ pub enum Local {
     /// Refused recently, and still so until its wait is over.
     Refused(Refused),
     /// Redis decides: ask for this many tokens (one for this request, the rest to hold).
+    /// More than one is a lease: the caller asks for it in the background and waits for
+    /// it as in [`Local::Wait`].
     Ask { want: u32 },
+    /// The lease is spent and the next is on its way: wait for it (it comes in one round
+    /// trip) and look again, rather than make a call of its own.
+    Wait,
 }
 
 /// A client's neighbours in the least-recently-seen list (towards the most recent, and
@@ -536,8 +542,8 @@ impl ClientTable {
             });
         }
         if lease.asking && age < LEASE_LIFE_MS {
-            // Another request's lease is on its way: this one asks for its own token.
-            return Local::Ask { want: 1 };
+            // Another request's lease is on its way: this one waits for it.
+            return Local::Wait;
         }
         let last = lease.size_log2;
         let size_log2 = if lease.left > 0 {
@@ -701,22 +707,32 @@ mod tests {
         let t = table(1000.0, 8000, 100);
         let most = 100;
         let now = Instant::now;
-        // `n` requests of client 7, each answered at once by Redis with all it asks.
+        // `n` requests of client 7, each answered at once by Redis with all it asks: a
+        // request that asks for a lease spends from it when it comes.
         let serve = |t: &ClientTable, n: usize, asked: &mut Vec<u32>| {
             for _ in 0..n {
-                match t.fleet_local(7, now(), most) {
-                    Local::Ask { want } => {
-                        asked.push(want);
-                        t.leased(7, now(), want, want - 1, Duration::from_millis(1));
+                loop {
+                    match t.fleet_local(7, now(), most) {
+                        Local::Ask { want: 1 } => {
+                            asked.push(1);
+                            t.leased(7, now(), 1, 0, Duration::from_millis(1));
+                        }
+                        Local::Ask { want } => {
+                            asked.push(want);
+                            t.leased(7, now(), want, want, Duration::from_millis(1));
+                            continue;
+                        }
+                        Local::Leased {
+                            refill: Some(want), ..
+                        } => {
+                            asked.push(want);
+                            t.leased(7, now(), want, want, Duration::from_millis(1));
+                        }
+                        Local::Leased { refill: None, .. } => {}
+                        Local::Refused(r) => panic!("refused: {r:?}"),
+                        Local::Wait => panic!("waits for a lease no one asked for"),
                     }
-                    Local::Leased {
-                        refill: Some(want), ..
-                    } => {
-                        asked.push(want);
-                        t.leased(7, now(), want, want, Duration::from_millis(1));
-                    }
-                    Local::Leased { refill: None, .. } => {}
-                    Local::Refused(r) => panic!("refused: {r:?}"),
+                    break;
                 }
             }
         };
@@ -732,21 +748,30 @@ mod tests {
             "{} calls for 600 requests",
             asked.len()
         );
-        // While a lease is asked for, a request that finds none left asks for its own
-        // token only; what both bring is held.
+        // While a lease is asked for, a request that finds none left waits for it (no
+        // call of its own), and spends from it when it comes.
         let t = table(1000.0, 8000, 100);
         t.leased(7, now(), 1, 0, Duration::from_millis(1));
         let Local::Ask { want } = t.fleet_local(7, now(), most) else {
             panic!("asks");
         };
         assert_eq!(want, 2);
-        assert_eq!(t.fleet_local(7, now(), most), Local::Ask { want: 1 });
-        t.leased(7, now(), 1, 0, Duration::from_millis(1));
+        assert_eq!(t.fleet_local(7, now(), most), Local::Wait);
+        assert_eq!(t.fleet_local(7, now(), most), Local::Wait);
         t.leased(7, now(), want, 9, Duration::from_millis(1));
         let spent = (0..20)
             .take_while(|_| matches!(t.fleet_local(7, now(), most), Local::Leased { .. }))
             .count();
         assert_eq!(spent, 9);
+        // A lease asked for and never answered (its asker gone) is waited for no longer
+        // than its life.
+        let t = table(1000.0, 8000, 100);
+        t.leased(7, now(), 1, 0, Duration::from_millis(1));
+        assert_eq!(t.fleet_local(7, now(), most), Local::Ask { want: 2 });
+        advance(Duration::from_millis(99)).await;
+        assert_eq!(t.fleet_local(7, now(), most), Local::Wait);
+        advance(Duration::from_millis(1)).await;
+        assert!(matches!(t.fleet_local(7, now(), most), Local::Ask { .. }));
         // A lease left unspent lapses after 100 ms, and the next asks for half as many.
         let t = table(1000.0, 8000, 100);
         let most = 1000;

@@ -143,9 +143,7 @@ impl RateLimits {
     /// fleet, the shared buckets, which may wait for Redis, within its timeout.
     pub async fn check(&self, now: Instant, client: Option<ClientId>) -> Said {
         match &self.fleet {
-            // Boxed: the fleet's wait is large, and every request's admission would
-            // otherwise carry room for it, fleet or not.
-            Some(fleet) => Box::pin(self.check_fleet(fleet, now, client)).await,
+            Some(fleet) => self.check_fleet(fleet, now, client).await,
             None => self.check_local(now, client),
         }
     }
@@ -232,15 +230,28 @@ impl RateLimits {
     ) -> Said {
         let said = |refused, quota| Said { refused, quota };
         let shared = fleet.shared();
+        let mut client_shared = shared;
+        // One bound for all the request's waits: for its client's lease, then for the
+        // global one's.
+        let deadline = now + fleet.timeout();
         let clients = self.clients.as_ref().zip(client);
         // The client first, as without a fleet: a token of this pod's lease, a refusal
         // remembered, or a call to make after the global bucket agrees.
         let mut ask = None;
         if let Some((clients, id)) = clients {
-            match clients
-                .table
-                .fleet_local(id, now, fleet.client_lease_most())
-            {
+            let most = fleet.client_lease_most();
+            let (local, in_time) = match clients.table.fleet_local(id, now, most) {
+                // Boxed, as every wait for Redis here: the futures are large, and every
+                // request's admission would otherwise carry room for them, waiting or not.
+                wait @ (Local::Wait | Local::Ask { want: 2.. }) => {
+                    Box::pin(client_local(fleet, &clients.table, id, wait, deadline)).await
+                }
+                decided => (decided, true),
+            };
+            // Its lease did not come in time: Redis is slow, and this request keeps to
+            // the client's fair share.
+            client_shared &= in_time;
+            match local {
                 Local::Refused(refused) => {
                     let gcra = fleet.client_gcra();
                     let quota = quota(Limit::Client, gcra, 0, refused.full_in);
@@ -252,11 +263,12 @@ impl RateLimits {
                     refill,
                 } => {
                     if let Some(want) = refill {
-                        refill_client_lease(fleet, &clients.table, id, want);
+                        lease_client(fleet, &clients.table, id, want);
                     }
                     ask = Some(Err((remaining, full_in)));
                 }
                 Local::Ask { want } => ask = Some(Ok(want)),
+                Local::Wait => ask = Some(Ok(1)),
             }
         }
         let global_quota = |bucket: &SharedBucket| {
@@ -270,13 +282,12 @@ impl RateLimits {
                 // Spent, but the fleet's bucket is not: this pod's demand outran its
                 // estimate (a quiet pod turned busy, a burst). Wait for refills, a round
                 // trip each, up to the Redis timeout, rather than refuse.
-                let deadline = now + fleet.timeout();
                 while taken.is_err() && fleet.shared() && bucket.more_in_redis() {
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {
                         break;
                     }
-                    fleet.refill(bucket, left).await;
+                    Box::pin(fleet.refill(bucket, left)).await;
                     taken = bucket.take(Instant::now(), fleet.shared());
                 }
                 match taken {
@@ -299,7 +310,7 @@ impl RateLimits {
         };
         let admitted_global = || global.map(|(bucket, _)| global_quota(bucket));
         let Some((clients, id)) = clients else {
-            return said(None, admitted_global().filter(|_| self.headers));
+            return said(None, self.headers.then(admitted_global).flatten());
         };
         let give_back = || {
             if let Some((bucket, taken)) = global {
@@ -322,8 +333,9 @@ impl RateLimits {
             Some(Ok(want)) => want,
             None => 1,
         };
-        let answer = if shared {
-            fleet.take_client(id, want).await.ok()
+        let left = deadline.saturating_duration_since(Instant::now());
+        let answer = if client_shared && !left.is_zero() {
+            Box::pin(fleet.take_client(id, want, left)).await.ok()
         } else {
             None
         };
@@ -341,13 +353,10 @@ impl RateLimits {
             }
             Some(ClientAnswer::Refused { wait }) => {
                 // Refused here, with no call, until the wait is over.
-                let tolerance = gcra.window();
-                let interval = Duration::from_nanos(gcra.interval_ns());
-                clients
-                    .table
-                    .mirror(id, now, (wait + tolerance).saturating_sub(interval));
+                let ahead = refused_ahead(gcra, wait);
+                clients.table.mirror(id, now, ahead);
                 give_back();
-                let quota = quota(Limit::Client, gcra, 0, wait + tolerance - interval);
+                let quota = quota(Limit::Client, gcra, 0, ahead);
                 return said(Some((Limit::Client, wait)), Some(quota));
             }
             None => {
@@ -378,18 +387,76 @@ impl RateLimits {
     }
 }
 
-/// Asks the fleet for `want` more of client `id`'s tokens in the background: no request
-/// waits for it, and what comes is added to the pod's lease.
-fn refill_client_lease(fleet: &Arc<Fleet>, table: &Arc<ClientTable>, id: ClientId, want: u32) {
+/// What the pod can tell of client `id`'s request without a call of its own, after
+/// `local` ([`ClientTable::fleet_local`]) said to wait for a lease on its way or to ask
+/// for one: having waited for it until `deadline` (asking for it first when it is this
+/// request's to ask); `false` when it waited in vain. A lease asked for costs one call
+/// for all the requests that wait for it, where each would otherwise have asked for its
+/// own token.
+async fn client_local(
+    fleet: &Arc<Fleet>,
+    table: &Arc<ClientTable>,
+    id: ClientId,
+    mut local: Local,
+    deadline: Instant,
+) -> (Local, bool) {
+    let most = fleet.client_lease_most();
+    loop {
+        match local {
+            _ if !fleet.shared() => {
+                return match local {
+                    // The fair share decides: no lease while Redis is out of reach.
+                    Local::Ask { .. } | Local::Wait => (Local::Ask { want: 1 }, true),
+                    decided => (decided, true),
+                };
+            }
+            Local::Ask { want } if want > 1 => lease_client(fleet, table, id, want),
+            Local::Wait => {}
+            decided => return (decided, true),
+        }
+        // Told of every lease of the clients that share this `Notify`: registered before
+        // the look that decides to wait, so that a lease coming between is not missed.
+        let leased = fleet.client_leased(id).notified();
+        tokio::pin!(leased);
+        leased.as_mut().enable();
+        local = table.fleet_local(id, Instant::now(), most);
+        if !matches!(local, Local::Wait) {
+            continue;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || tokio::time::timeout(left, leased).await.is_err() {
+            return (Local::Ask { want: 1 }, false);
+        }
+        local = table.fleet_local(id, Instant::now(), most);
+    }
+}
+
+/// Asks the fleet for `want` of client `id`'s tokens in the background (a request that
+/// goes away does not strand the lease) and tells the requests waiting for it. A refusal
+/// is remembered, so that they are refused without a call.
+fn lease_client(fleet: &Arc<Fleet>, table: &Arc<ClientTable>, id: ClientId, want: u32) {
     let (fleet, table) = (fleet.clone(), table.clone());
     tokio::spawn(async move {
-        match fleet.take_client(id, want).await {
+        let answer = fleet.take_client(id, want, fleet.timeout()).await;
+        let now = Instant::now();
+        match answer {
             Ok(ClientAnswer::Admitted {
                 granted, full_in, ..
-            }) => table.leased(id, Instant::now(), want, granted, full_in),
-            Ok(ClientAnswer::Refused { .. }) | Err(_) => table.lease_failed(id),
+            }) => table.leased(id, now, want, granted, full_in),
+            Ok(ClientAnswer::Refused { wait }) => {
+                table.mirror(id, now, refused_ahead(fleet.client_gcra(), wait));
+                table.lease_failed(id);
+            }
+            Err(_) => table.lease_failed(id),
         }
+        fleet.client_leased(id).notify_waiters();
     });
+}
+
+/// How far ahead of now a client's TAT is when the fleet's bucket refused it for `wait`.
+fn refused_ahead(gcra: &Gcra, wait: Duration) -> Duration {
+    let interval = Duration::from_nanos(gcra.interval_ns());
+    (wait + gcra.window()).saturating_sub(interval)
 }
 
 fn quota(limit: Limit, gcra: &Gcra, remaining: u32, full_in: Duration) -> Quota {

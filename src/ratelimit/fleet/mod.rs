@@ -13,8 +13,9 @@
 //!   (the local table remembers until when, as Envoy's over-limit cache does), and none
 //!   for most requests of a client the pod serves often: each call leases that client a
 //!   few tokens ahead of need (doubling while they go fast, at most an eighth of its
-//!   burst; the next asked for in the background at half left), spent in the pod
-//!   and lapsing after 100 ms. They were taken from the shared
+//!   burst; the next asked for in the background at half left, and waited for by the
+//!   requests that find the lease spent before it comes), spent in the pod and lapsing
+//!   after 100 ms. They were taken from the shared
 //!   bucket when leased, so a client is never admitted beyond its fleet-wide limit; what
 //!   lapses unspent it loses.
 //!
@@ -89,6 +90,9 @@ pub(crate) struct Fleet {
     wake: Notify,
     /// Told after every lease call, granted or failed: requests waiting in `refill`.
     refilled: Notify,
+    /// Told after every call for a client's lease: the requests of its clients waiting
+    /// for it. Several, so that a lease wakes the waiters of a sixteenth of the clients.
+    client_leased: [Notify; 16],
     metrics: FleetMetrics,
 }
 
@@ -197,6 +201,7 @@ impl Fleet {
             low: AtomicU64::new(0),
             wake: Notify::new(),
             refilled: Notify::new(),
+            client_leased: std::array::from_fn(|_| Notify::new()),
             metrics,
         })
     }
@@ -287,6 +292,11 @@ impl Fleet {
         let _ = tokio::time::timeout(wait, refilled).await;
     }
 
+    /// Where the requests of client `id` wait for its lease.
+    pub fn client_leased(&self, id: ClientId) -> &Notify {
+        &self.client_leased[(id % 16) as usize]
+    }
+
     /// A client's id: the same in every pod. It is 64 bits of a SHA-1 digest of the
     /// limit's name and the client's identity, so that no one can cheaply choose an
     /// identity that shares another client's bucket.
@@ -306,8 +316,13 @@ impl Fleet {
     }
 
     /// Up to `want` tokens (at least one, or a refusal) from client `id`'s bucket in
-    /// Redis, within the timeout.
-    pub async fn take_client(&self, id: ClientId, want: u32) -> Result<ClientAnswer, Unreachable> {
+    /// Redis, within `timeout`.
+    pub async fn take_client(
+        &self,
+        id: ClientId,
+        want: u32,
+        timeout: Duration,
+    ) -> Result<ClientAnswer, Unreachable> {
         let key = format!("{}{{{id:016x}}}", self.keys.client);
         let (interval, tolerance) = micros(&self.client_gcra);
         let mut invocation = self.take_script.key(key);
@@ -320,7 +335,7 @@ impl Fleet {
         let reply: Vec<i64> = self
             .call(
                 RedisCall::Client,
-                self.timeout,
+                timeout,
                 invocation.invoke_async(&mut con),
             )
             .await?;
