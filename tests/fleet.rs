@@ -251,6 +251,59 @@ async fn one_client_spread_over_pods_gets_its_limit_once() {
     );
 }
 
+/// A keep-alive connection whose requests name different clients charges each to its
+/// own bucket: the pod remembers a connection's last client (its id is a digest), and
+/// remembers it exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_naming_several_clients_charges_each_its_own() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let redis = Redis::start().await;
+    let fleet = pods(
+        &redis,
+        1,
+        &[
+            ("TCPIE_BURST", "0"),
+            ("TCPIE_CLIENT_KEY", "header:X-Api-Key"),
+            ("TCPIE_CLIENT_RATE_PER_SECOND", "0.01"),
+            ("TCPIE_CLIENT_BURST", "2"),
+            ("TCPIE_KEEP_ALIVE", "true"),
+        ],
+    );
+    wait_mode(&fleet, "shared", 1).await;
+    let get = |key: &str, close: bool| {
+        let connection = if close { "close" } else { "keep-alive" };
+        format!("GET / HTTP/1.1\r\nHost: t\r\nX-Api-Key: {key}\r\nConnection: {connection}\r\n\r\n")
+    };
+    // Two requests of each of three clients on one connection: each within its burst.
+    let mut stream = tokio::net::TcpStream::connect(fleet[0].tcp).await.unwrap();
+    let keys = ["key-a", "key-b", "key-b", "key-a", "key-c", "key-c"];
+    for (i, key) in keys.iter().enumerate() {
+        stream
+            .write_all(get(key, i == keys.len() - 1).as_bytes())
+            .await
+            .unwrap();
+    }
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
+        .await
+        .unwrap()
+        .unwrap();
+    let all = String::from_utf8_lossy(&raw).into_owned();
+    assert_eq!(
+        all.matches("HTTP/1.1 200").count(),
+        keys.len(),
+        "every request within its own client's burst: {all}"
+    );
+    // Each burst is spent now: a third request of any of them is refused.
+    for key in ["key-a", "key-b", "key-c"] {
+        let reply = request(fleet[0].tcp, get(key, true).as_bytes())
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 429, "{key}");
+    }
+}
+
 /// A client a pod serves often is decided in the pod, from tokens it leased ahead of need,
 /// and its fleet-wide limit still holds: what a pod leases was taken from the shared
 /// bucket when leased.

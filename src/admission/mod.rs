@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::handler::Request;
 use crate::lifecycle::{Lifecycle, Phase};
 use crate::metrics::Metrics;
+use crate::ratelimit::client_key::LastClient;
 use crate::ratelimit::client_table::ClientId;
 use crate::ratelimit::fleet::Fleet;
 use crate::ratelimit::gcra::retry_after_secs;
@@ -89,9 +90,15 @@ impl Admission {
         &self.limits
     }
 
-    /// The client that sent `request` over a connection from `peer`, if clients are named.
-    pub fn client(&self, peer: IpAddr, request: &Request) -> Option<ClientId> {
-        self.limits.client(peer, request)
+    /// The client that sent `request` over a connection from `peer`, if clients are named;
+    /// `last` is the connection's last client.
+    pub fn client(
+        &self,
+        peer: IpAddr,
+        request: &Request,
+        last: &mut LastClient,
+    ) -> Option<ClientId> {
+        self.limits.client(peer, request, last)
     }
 
     /// The client's bucket, then the global one, then a permit or a place; past the

@@ -45,6 +45,66 @@ impl std::hash::Hash for Identity<'_> {
     }
 }
 
+/// The last client a connection's requests named, and its id: one connection's requests
+/// nearly always name one client (one address; one API key a keep-alive connection), and
+/// a fleet's id costs a SHA-1 digest. The identity is kept whole and compared exactly, so
+/// no request is ever charged to another identity than its own. It stays in the
+/// connection's memory, beside the request that carried it.
+#[derive(Debug, Clone, Copy)]
+pub struct LastClient {
+    /// The identity's kind, then its bytes; `len` 0: none yet.
+    key: [u8; LastClient::MOST],
+    len: u8,
+    id: u64,
+}
+
+impl Default for LastClient {
+    fn default() -> LastClient {
+        LastClient {
+            key: [0; LastClient::MOST],
+            len: 0,
+            id: 0,
+        }
+    }
+}
+
+impl LastClient {
+    /// The longest identity remembered (with its kind): addresses, and API keys up to
+    /// 47 bytes; a longer one is hashed each time.
+    const MOST: usize = 48;
+
+    /// The id of `identity`: the one remembered if it is the same, else `id_of`'s,
+    /// remembered for the next request.
+    pub fn id(&mut self, identity: &Identity<'_>, id_of: impl FnOnce() -> u64) -> u64 {
+        let mut key = [0u8; LastClient::MOST];
+        let len = match *identity {
+            Identity::V4(v4) => {
+                key[0] = 4;
+                key[1..5].copy_from_slice(&v4);
+                5
+            }
+            Identity::V6(prefix) => {
+                key[0] = 6;
+                key[1..9].copy_from_slice(&prefix);
+                9
+            }
+            Identity::Bytes(bytes) if bytes.len() < LastClient::MOST => {
+                key[0] = 0xb;
+                key[1..=bytes.len()].copy_from_slice(bytes);
+                bytes.len() + 1
+            }
+            Identity::Bytes(_) => return id_of(),
+        };
+        if usize::from(self.len) == len && self.key[..len] == key[..len] {
+            return self.id;
+        }
+        self.id = id_of();
+        self.key = key;
+        self.len = len as u8;
+        self.id
+    }
+}
+
 /// The identity of an address: IPv4 (also when IPv4-mapped), or an IPv6 /64.
 pub fn address(ip: IpAddr) -> Identity<'static> {
     match ip {
@@ -293,5 +353,33 @@ mod tests {
             forwarded(Forwarded::Rfc7239, 2, &h),
             Some(Identity::Bytes(b"_a,b"))
         );
+    }
+
+    /// A connection's last client is remembered exactly: the same identity again costs no
+    /// digest, any other (another kind with the same bytes, one byte more) is computed.
+    #[test]
+    fn the_last_client_is_remembered_exactly() {
+        let mut last = LastClient::default();
+        let computed = std::cell::Cell::new(0);
+        let id = |last: &mut LastClient, identity: Identity<'_>, id: u64| {
+            last.id(&identity, || {
+                computed.set(computed.get() + 1);
+                id
+            })
+        };
+        assert_eq!(id(&mut last, Identity::V4([1, 2, 3, 4]), 1), 1);
+        assert_eq!(id(&mut last, Identity::V4([1, 2, 3, 4]), 99), 1);
+        assert_eq!(id(&mut last, Identity::Bytes(&[1, 2, 3, 4]), 2), 2);
+        assert_eq!(id(&mut last, Identity::Bytes(&[1, 2, 3, 4, 0]), 3), 3);
+        assert_eq!(id(&mut last, Identity::Bytes(&[1, 2, 3, 4, 0]), 99), 3);
+        assert_eq!(id(&mut last, Identity::V6([1, 2, 3, 4, 0, 0, 0, 0]), 4), 4);
+        assert_eq!(id(&mut last, Identity::V4([1, 2, 3, 4]), 5), 5);
+        // Too long to keep: computed each time.
+        let long = [7u8; 100];
+        assert_eq!(id(&mut last, Identity::Bytes(&long), 6), 6);
+        assert_eq!(id(&mut last, Identity::Bytes(&long), 7), 7);
+        // ...and what was remembered before still is.
+        assert_eq!(id(&mut last, Identity::V4([1, 2, 3, 4]), 99), 5);
+        assert_eq!(computed.get(), 7);
     }
 }

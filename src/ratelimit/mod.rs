@@ -29,6 +29,7 @@ use tokio::time::Instant;
 
 use crate::config::{ClientKey, Config};
 use crate::handler::Request;
+use client_key::LastClient;
 use client_table::Local;
 use client_table::{ClientId, ClientTable};
 use fleet::lease::{SharedBucket, Taken as Leased};
@@ -128,13 +129,18 @@ impl RateLimits {
     }
 
     /// The client that sent `request` over a connection from `peer`, hashed; `None`
-    /// without a per-client limit.
-    pub fn client(&self, peer: IpAddr, request: &Request) -> Option<ClientId> {
+    /// without a per-client limit. `last` is the connection's last client.
+    pub fn client(
+        &self,
+        peer: IpAddr,
+        request: &Request,
+        last: &mut LastClient,
+    ) -> Option<ClientId> {
         let clients = self.clients.as_ref()?;
         let identity = client_key::identify(&clients.key, clients.trusted_hops, peer, request)?;
-        // A fleet names a client the same in every pod.
+        // A fleet names a client the same in every pod, by a digest worth remembering.
         Some(match &self.fleet {
-            Some(fleet) => fleet.client_id(&identity),
+            Some(fleet) => last.id(&identity, || fleet.client_id(&identity)),
             None => clients.table.id(&identity),
         })
     }

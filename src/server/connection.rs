@@ -26,6 +26,7 @@ use crate::handler::ResponseStream;
 use crate::http::{self, Answer, Body, Framing, Head, Parsed, Reject};
 use crate::http::{chunked, date};
 use crate::lifecycle::{Lifecycle, Phase, Waited};
+use crate::ratelimit::client_key::LastClient;
 
 /// First read buffer of a connection, allocated only once the client has sent something.
 const INITIAL_READ_BUFFER: usize = 1024;
@@ -44,6 +45,8 @@ pub(crate) struct Conn {
     pub id: u64,
     /// The last read left nothing behind in the socket (it did not fill the buffer).
     drained: bool,
+    /// The client its last request named (for the per-client limit).
+    pub last_client: LastClient,
     _open: OpenGuard,
 }
 
@@ -110,6 +113,7 @@ impl Conn {
             peer,
             id,
             drained: true,
+            last_client: LastClient::default(),
             _open: open,
         }
     }

@@ -250,7 +250,9 @@ impl<'a> Exchange<'a> {
         let (head, bytes) = read_or_stop(read, End::HeadTimeout)?;
         let request = Request::new(bytes, &head, conn.peer);
         self.span.request(&request);
-        let client = core.admission.client(conn.peer.ip(), &request);
+        let client = core
+            .admission
+            .client(conn.peer.ip(), &request, &mut conn.last_client);
         // Each request on a kept-alive connection is admitted on its own; one that is
         // refused, the last one allowed, or one during shutdown closes it.
         let keep_alive = may_keep && request.wants_keep_alive && !core.shutting_down();
