@@ -224,25 +224,24 @@ mod tests {
 
     const HOST: HeaderValue = HeaderValue::from_static("upstream:80");
 
+    /// The fields `head` from `peer` is forwarded with, to the upstream `HOST`
+    /// (`own_trace`: the client's `traceparent` is dropped, for TCPie's span's own).
+    fn forward(head: &'static [u8], peer: &str, own_trace: bool) -> Result<HeaderMap, Upgrade> {
+        request_fields(
+            &Bytes::from_static(head),
+            peer.parse().unwrap(),
+            own_trace,
+            &HOST,
+        )
+    }
+
     #[test]
     fn a_request_without_host_gets_the_upstreams() {
         let head = b"GET / HTTP/1.0\r\nAccept: */*\r\n\r\n";
-        let out = request_fields(
-            &Bytes::from_static(head),
-            "::1".parse().unwrap(),
-            false,
-            &HOST,
-        )
-        .unwrap();
+        let out = forward(head, "::1", false).unwrap();
         assert_eq!(out["host"], "upstream:80");
         let head = b"GET / HTTP/1.0\r\nhost: app\r\n\r\n";
-        let out = request_fields(
-            &Bytes::from_static(head),
-            "::1".parse().unwrap(),
-            false,
-            &HOST,
-        )
-        .unwrap();
+        let out = forward(head, "::1", false).unwrap();
         assert_eq!(out.get_all("host").iter().collect::<Vec<_>>(), ["app"]);
     }
 
@@ -252,13 +251,7 @@ mod tests {
             Keep-Alive: timeout=5\r\nTE: trailers\r\nUpgrade: h2c\r\nProxy-Connection: close\r\n\
             X-Secret: 1\r\nContent-Length: 3\r\nExpect: 100-continue\r\nX-Kept: yes\r\n\
             X-Forwarded-For: 10.0.0.1\r\nX-Forwarded-Proto: https\r\n\r\n";
-        let out = request_fields(
-            &Bytes::from_static(head),
-            "192.0.2.7".parse().unwrap(),
-            false,
-            &HeaderValue::from_static("upstream:80"),
-        )
-        .unwrap();
+        let out = forward(head, "192.0.2.7", false).unwrap();
         let names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
         assert_eq!(
             names,
@@ -273,33 +266,17 @@ mod tests {
     fn forwarded_for_joins_every_line_then_the_peer() {
         let head =
             b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: a\r\nx-forwarded-for: b, c\r\n\r\n";
-        let out = request_fields(
-            &Bytes::from_static(head),
-            "::1".parse().unwrap(),
-            false,
-            &HOST,
-        )
-        .unwrap();
+        let out = forward(head, "::1", false).unwrap();
         assert_eq!(out["x-forwarded-for"], "a, b, c, ::1");
         let head = b"GET / HTTP/1.1\r\nHost: h\r\ntraceparent: 00-1-2-01\r\n\r\n";
-        assert!(request_fields(
-            &Bytes::from_static(head),
-            "::1".parse().unwrap(),
-            true,
-            &HOST
-        )
-        .unwrap()
-        .get("traceparent")
-        .is_none());
-        assert!(request_fields(
-            &Bytes::from_static(head),
-            "::1".parse().unwrap(),
-            false,
-            &HOST
-        )
-        .unwrap()
-        .get("traceparent")
-        .is_some());
+        assert!(forward(head, "::1", true)
+            .unwrap()
+            .get("traceparent")
+            .is_none());
+        assert!(forward(head, "::1", false)
+            .unwrap()
+            .get("traceparent")
+            .is_some());
     }
 
     #[test]
@@ -345,12 +322,7 @@ mod tests {
     }
 
     fn asks_upgrade(head: &'static [u8]) -> bool {
-        request_fields(
-            &Bytes::from_static(head),
-            "::1".parse().unwrap(),
-            false,
-            &HOST,
-        ) == Err(Upgrade)
+        forward(head, "::1", false) == Err(Upgrade)
     }
 
     #[test]
