@@ -214,6 +214,11 @@ impl SharedBucket {
         self.remaining.store(granted.remaining, Ordering::Relaxed);
     }
 
+    /// Whether the lease holds tokens that may still be spent (not lapsed).
+    pub fn spendable(&self, now: Instant) -> bool {
+        self.leased() > 0 && !self.expired(now)
+    }
+
     /// Whether Redis had tokens left after its last grant: a pod that ran dry then is
     /// one whose estimate lags, and its refill is worth a request's short wait. (With
     /// none left, the fleet is at its limit: a refusal then is right, and immediate.)

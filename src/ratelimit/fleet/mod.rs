@@ -285,8 +285,12 @@ impl Fleet {
         let refilled = self.refilled.notified();
         tokio::pin!(refilled);
         refilled.as_mut().enable();
-        if bucket.leased() > 0 {
-            return; // refilled between the request's look and now
+        // Refilled between the request's look and now. A lapsed lease's tokens do not
+        // count: none can be spent, and a request that took them for a refill would look
+        // again at once, and again, spinning its worker until its deadline (under a flood,
+        // every request: the refresher that would renew the lease then hardly runs).
+        if bucket.spendable(Instant::now()) {
+            return;
         }
         self.wake.notify_one();
         let _ = tokio::time::timeout(wait, refilled).await;
@@ -598,6 +602,55 @@ impl Hasher for Digest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A request that finds the lease lapsed with tokens still in it (its refresher late:
+    /// Redis slow, the machine busy) waits for the refill, within its bound: it does not
+    /// take the lapsed tokens for a refill and spin.
+    #[tokio::test]
+    async fn a_lapsed_lease_is_waited_for_not_spun_on() {
+        tokio::time::pause();
+        let config = Config {
+            rate_per_second: 100.0,
+            burst: 10,
+            ..Config::default()
+        };
+        let registry = prometheus::Registry::new();
+        let metrics = crate::metrics::Metrics::register(&registry).unwrap();
+        // Nothing listens there, and nothing is connected before a call.
+        let fleet = Fleet::new(
+            &config,
+            "redis://127.0.0.1:1",
+            metrics.fleet,
+            Instant::now(),
+        )
+        .unwrap();
+        let bucket = fleet.global().unwrap();
+        let granted = Granted {
+            granted: 5,
+            wait_us: 0,
+            remaining: 100,
+        };
+        bucket.add(Instant::now(), &granted);
+        let wait = Duration::from_millis(5);
+        let started = Instant::now();
+        fleet.refill(bucket, wait).await;
+        assert_eq!(
+            started.elapsed(),
+            Duration::ZERO,
+            "tokens to spend: no wait"
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(bucket.expired(Instant::now()) && bucket.leased() == 5);
+        let started = Instant::now();
+        fleet.refill(bucket, wait).await;
+        // Waited its whole bound (to the timer's millisecond) for a refill that, with no
+        // Redis there, never comes.
+        assert!(
+            started.elapsed() >= wait,
+            "a lapsed lease is refilled, not spent: {:?}",
+            started.elapsed()
+        );
+    }
 
     #[test]
     fn demand_follows_a_burst_and_forgets_a_lull() {
