@@ -85,6 +85,9 @@ fn pods(redis: &Redis, n: usize, env: &[(&str, &str)]) -> Vec<Tcpie> {
         ("TCPIE_RATE_LIMIT_NAME", "fleet-test"),
         ("TCPIE_WORKERS", "64"),
         ("TCPIE_QUEUE_SIZE", "256"),
+        // Generous, so that a busy machine's slow answer does not send a pod to its fair
+        // share in a test that is not about Redis failing (that one sets its own).
+        ("TCPIE_REDIS_TIMEOUT_MS", "50"),
     ];
     vars.extend_from_slice(env);
     (0..n).map(|_| spawn(&[], &vars)).collect()
@@ -392,9 +395,12 @@ async fn concurrent_requests_of_a_client_under_its_limit_are_never_refused() {
     assert_eq!(tally.refused.load(Ordering::Relaxed), 0, "{tally:?}");
     assert_eq!(tally.other.load(Ordering::Relaxed), 0, "{tally:?}");
     // Leases of up to 250 tokens (an eighth of the burst), the next asked for at half
-    // left: about one call per 125 requests once grown, and a call per doubling before.
+    // left: about one call per 125 requests once grown, and a call per doubling before
+    // (84 calls for 6,600 requests, debug build). Room for a busy machine, where stalls let
+    // leases lapse (192 for 3,900): calling for a token while a lease is on its way made
+    // 600-880 calls per 1,000 requests here.
     let asked = metric(&fleet[0], calls).await - before;
-    let most = 20.0 + tally.ok() as f64 / 75.0;
+    let most = 50.0 + tally.ok() as f64 / 20.0;
     assert!(
         asked <= most,
         "{asked} Redis calls for {} requests of one client (at most {most:.0})",
