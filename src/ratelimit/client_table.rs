@@ -129,6 +129,11 @@ struct Lease {
 /// The largest lease, whatever the burst: 2^15 tokens.
 const LEASE_MOST_LOG2: u8 = 15;
 
+/// The tokens a lease of 2^`size_log2` asks for when a pod may hold at most `most`.
+fn lease_tokens(size_log2: u8, most: u32) -> u32 {
+    (1u32 << size_log2).min(most.max(1))
+}
+
 /// How long a client's lease may be spent.
 const LEASE_LIFE_MS: u32 = 100;
 /// A lease spent within this is too small: the next asks twice as much.
@@ -515,14 +520,14 @@ impl ClientTable {
             lease.left -= 1;
             // At half left, the next lease is asked for ahead of need (as the global
             // bucket's is), so the client's requests go on being decided here meanwhile.
-            let size = (1u32 << lease.size_log2).min(most.max(1));
+            let size = lease_tokens(lease.size_log2, most);
             let refill =
                 (size >= 8 && !lease.asking && u32::from(lease.left) == size / 2).then(|| {
                     if age < LEASE_FAST_MS / 2 {
                         lease.size_log2 = (lease.size_log2 + 1).min(LEASE_MOST_LOG2);
                     }
                     lease.asking = true;
-                    (1u32 << lease.size_log2).min(most.max(1))
+                    lease_tokens(lease.size_log2, most)
                 });
             let state = Taken {
                 tat: slot.tat,
@@ -554,7 +559,7 @@ impl ClientTable {
         } else {
             last
         };
-        let want = (1u32 << size_log2).min(most.max(1));
+        let want = lease_tokens(size_log2, most);
         if want > 1 {
             *lease = Lease {
                 left: 0,
@@ -585,8 +590,8 @@ impl ClientTable {
     }
 
     /// Records what the fleet's bucket granted client `id` after it asked for `want`: `held`
-    /// tokens to keep (what was granted, less the one a request that asked spent), and
-    /// its TAT `ahead` of now.
+    /// tokens to keep (a lease's whole grant; for a request's own token, none), and its
+    /// TAT `ahead` of now.
     pub fn leased(&self, id: ClientId, now: Instant, want: u32, held: u32, ahead: Duration) {
         let now_ns = nanos_since(self.origin, now);
         let tat = now_ns.saturating_add(u64::try_from(ahead.as_nanos()).unwrap_or(u64::MAX));
@@ -619,8 +624,8 @@ impl ClientTable {
                 at_ms: now_ms,
             };
         } else if fresh {
-            // A single token, for a request that came while a lease was asked for (or of a
-            // client seen once): nothing to hold, and the lease's state stays.
+            // A request's own token (a client seen once, or whose lease shrank to one):
+            // nothing to hold, and the lease's state stays.
             lease.left = lease.left.saturating_add(held);
         } else {
             *lease = Lease {
