@@ -118,6 +118,27 @@ async fn wait_mode(fleet: &[Tcpie], mode: &str, pods: usize) {
     }
 }
 
+/// `n` pods with no global bucket and a limit for each client named by its `X-Api-Key`
+/// (`rate` a second, `burst`), and `extra` settings; returned once they share it.
+async fn client_pods(
+    redis: &Redis,
+    n: usize,
+    rate: &str,
+    burst: &str,
+    extra: &[(&str, &str)],
+) -> Vec<Tcpie> {
+    let mut env = vec![
+        ("TCPIE_BURST", "0"),
+        ("TCPIE_CLIENT_KEY", "header:X-Api-Key"),
+        ("TCPIE_CLIENT_RATE_PER_SECOND", rate),
+        ("TCPIE_CLIENT_BURST", burst),
+    ];
+    env.extend_from_slice(extra);
+    let fleet = pods(redis, n, &env);
+    wait_mode(&fleet, "shared", n).await;
+    fleet
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_pods_flooded_admit_one_shared_rate() {
     let _serial = ONE_AT_A_TIME.lock().await;
@@ -208,17 +229,7 @@ async fn a_quiet_pod_turning_busy_under_the_limit_refuses_nothing() {
 async fn one_client_spread_over_pods_gets_its_limit_once() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let redis = Redis::start().await;
-    let fleet = pods(
-        &redis,
-        3,
-        &[
-            ("TCPIE_BURST", "0"),
-            ("TCPIE_CLIENT_KEY", "header:X-Api-Key"),
-            ("TCPIE_CLIENT_RATE_PER_SECOND", "20"),
-            ("TCPIE_CLIENT_BURST", "10"),
-        ],
-    );
-    wait_mode(&fleet, "shared", 3).await;
+    let fleet = client_pods(&redis, 3, "20", "10", &[]).await;
     let addrs: Vec<SocketAddr> = fleet.iter().map(|p| p.tcp).collect();
     let (tally, t) = flood(&addrs, 2, Duration::from_secs(2), Some("plan-basic")).await;
     let allowed = 10.0 + 20.0 * t.as_secs_f64();
@@ -262,18 +273,7 @@ async fn one_connection_naming_several_clients_charges_each_its_own() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let _serial = ONE_AT_A_TIME.lock().await;
     let redis = Redis::start().await;
-    let fleet = pods(
-        &redis,
-        1,
-        &[
-            ("TCPIE_BURST", "0"),
-            ("TCPIE_CLIENT_KEY", "header:X-Api-Key"),
-            ("TCPIE_CLIENT_RATE_PER_SECOND", "0.01"),
-            ("TCPIE_CLIENT_BURST", "2"),
-            ("TCPIE_KEEP_ALIVE", "true"),
-        ],
-    );
-    wait_mode(&fleet, "shared", 1).await;
+    let fleet = client_pods(&redis, 1, "0.01", "2", &[("TCPIE_KEEP_ALIVE", "true")]).await;
     let get = |key: &str, close: bool| {
         let connection = if close { "close" } else { "keep-alive" };
         format!("GET / HTTP/1.1\r\nHost: t\r\nX-Api-Key: {key}\r\nConnection: {connection}\r\n\r\n")
@@ -314,17 +314,7 @@ async fn one_connection_naming_several_clients_charges_each_its_own() {
 async fn a_client_served_often_is_decided_in_the_pod_and_still_held_to_its_limit() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let redis = Redis::start().await;
-    let fleet = pods(
-        &redis,
-        3,
-        &[
-            ("TCPIE_BURST", "0"),
-            ("TCPIE_CLIENT_KEY", "header:X-Api-Key"),
-            ("TCPIE_CLIENT_RATE_PER_SECOND", "400"),
-            ("TCPIE_CLIENT_BURST", "400"),
-        ],
-    );
-    wait_mode(&fleet, "shared", 3).await;
+    let fleet = client_pods(&redis, 3, "400", "400", &[]).await;
     let addrs: Vec<SocketAddr> = fleet.iter().map(|p| p.tcp).collect();
     let calls = |p| async move { metric(p, "tcpie_redis_calls_total{call=\"client\"}").await };
     let mut before = 0.0;
@@ -373,17 +363,7 @@ async fn a_client_served_often_is_decided_in_the_pod_and_still_held_to_its_limit
 async fn concurrent_requests_of_a_client_under_its_limit_are_never_refused() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let redis = Redis::start().await;
-    let fleet = pods(
-        &redis,
-        1,
-        &[
-            ("TCPIE_BURST", "0"),
-            ("TCPIE_CLIENT_KEY", "header:X-Api-Key"),
-            ("TCPIE_CLIENT_RATE_PER_SECOND", "50000"),
-            ("TCPIE_CLIENT_BURST", "2000"),
-        ],
-    );
-    wait_mode(&fleet, "shared", 1).await;
+    let fleet = client_pods(&redis, 1, "50000", "2000", &[]).await;
     let calls = "tcpie_redis_calls_total{call=\"client\"}";
     let before = metric(&fleet[0], calls).await;
     let (tally, t) = flood(&[fleet[0].tcp], 48, Duration::from_secs(1), Some("busy")).await;
